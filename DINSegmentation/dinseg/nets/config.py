@@ -1,0 +1,95 @@
+"""Network configuration: a plain dataclass that round-trips through JSON (model cards store it)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
+
+FUSION_VARIANTS = ("single", "concat", "difm")
+
+
+@dataclass
+class NetConfig:
+    """Architecture of a :class:`~dinseg.nets.din.DualInteractionNet`.
+
+    The encoder has a full-resolution stem and four stages at 1/2, 1/4, 1/8 and 1/16 of the
+    input resolution; ``widths``, ``depths``, ``heads`` and ``kv_reduction`` have one entry
+    per stage.
+
+    fusion: ``"difm"`` (the paper: bidirectional cross-attention per stage), ``"concat"``
+        (both encoders, features concatenated and convolved) or ``"single"`` (original image
+        only). All three share the same decoder, so they can be compared in an ablation.
+    kv_reduction: spatial-reduction ratio of keys and values per stage (as in PVT). The
+        default (8, 4, 2, 1) pools every stage's keys to 1/16 of the input resolution, so
+        attention costs O(N * N/256) instead of O(N^2) at the high-resolution stages: at
+        224x224 the first stage attends 12,544 queries to 196 keys.
+    share_encoders: one set of encoder weights for both streams (the default is two).
+    """
+
+    num_classes: int = 9
+    in_channels: int = 1
+    fusion: str = "difm"
+    stem_channels: int = 16
+    widths: Tuple[int, ...] = (16, 32, 64, 128)
+    depths: Tuple[int, ...] = (1, 1, 2, 1)
+    heads: Tuple[int, ...] = (1, 2, 4, 8)
+    kv_reduction: Tuple[int, ...] = (8, 4, 2, 1)
+    ffn_ratio: float = 2.0
+    convnext_ratio: float = 4.0
+    share_encoders: bool = False
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("widths", "depths", "heads", "kv_reduction"):
+            value = tuple(int(v) for v in getattr(self, name))
+            if len(value) != 4:
+                raise ValueError(f"NetConfig.{name} needs 4 entries (one per stage), got {value}")
+            setattr(self, name, value)
+        if self.fusion not in FUSION_VARIANTS:
+            raise ValueError(f"NetConfig.fusion must be one of {FUSION_VARIANTS}, got {self.fusion!r}")
+        if self.num_classes < 2:
+            raise ValueError("NetConfig.num_classes must be at least 2 (background and one class)")
+        for width, heads in zip(self.widths, self.heads):
+            if width % heads:
+                raise ValueError(f"stage width {width} is not divisible by its {heads} attention heads")
+        if min(self.kv_reduction) < 1:
+            raise ValueError("NetConfig.kv_reduction entries must be >= 1")
+
+    @property
+    def downsampling(self) -> int:
+        """Total downsampling factor of the encoder: inputs are padded to a multiple of it."""
+        return 2 ** len(self.widths)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        data = dataclasses.asdict(self)
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "NetConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown network configuration key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> "NetConfig":
+        """A named preset (see :data:`PRESETS`) with optional field overrides."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[preset], **overrides})
+
+
+#: Named architectures. ``light`` runs on a workstation CPU; ``paper`` uses ConvNeXt-base
+#: widths and depths as in the DIN paper (two encoders of about 88 M parameters each).
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "light": dict(stem_channels=16, widths=(16, 32, 64, 128), depths=(1, 1, 2, 1),
+                  heads=(1, 2, 4, 8), kv_reduction=(8, 4, 2, 1)),
+    "medium": dict(stem_channels=32, widths=(32, 64, 128, 256), depths=(2, 2, 4, 2),
+                   heads=(1, 2, 4, 8), kv_reduction=(8, 4, 2, 1)),
+    "paper": dict(stem_channels=64, widths=(128, 256, 512, 1024), depths=(3, 3, 27, 3),
+                  heads=(2, 4, 8, 16), kv_reduction=(8, 4, 2, 1)),
+}

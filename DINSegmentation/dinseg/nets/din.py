@@ -1,0 +1,116 @@
+"""The Dual Interaction Network: two encoders, per-stage fusion, one U-Net decoder."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import ConvBlock, EncoderStage
+from .config import NetConfig
+from .difm import ConcatFusion, DualInteractiveFusion
+
+
+class Encoder(nn.Module):
+    """Full-resolution convolutional stem, then four ConvNeXt stages.
+
+    (B, C_in, H, W) -> [stem (B, c0, H, W), stage 1 (B, c1, H/2, W/2), ..., stage 4 (B, c4, H/16, W/16)].
+    """
+
+    def __init__(self, config: NetConfig):
+        super().__init__()
+        self.stem = ConvBlock(config.in_channels, config.stem_channels)
+        channels = (config.stem_channels,) + config.widths
+        self.stages = nn.ModuleList(
+            EncoderStage(channels[i], channels[i + 1], config.depths[i], config.convnext_ratio)
+            for i in range(len(config.widths)))
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        features = [self.stem(x)]
+        for stage in self.stages:
+            features.append(stage(features[-1]))
+        return features
+
+
+class Decoder(nn.Module):
+    """U-Net decoder: transposed-conv upsampling, concatenation with the skip, two 3x3 convs.
+
+    skips: [(B, c0, H, W), (B, c1, H/2, W/2), ..., (B, c4, H/16, W/16)] -> logits (B, K, H, W).
+    A U-Net decoder rather than the paper's MLP head: it restores full resolution step by step
+    from the skips, which keeps thin structures (myocardium, pancreas, aorta) and boundaries
+    sharp at the small widths a CPU model can afford.
+    """
+
+    def __init__(self, config: NetConfig):
+        super().__init__()
+        channels = (config.stem_channels,) + config.widths
+        self.upsample = nn.ModuleList(nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2)
+                                      for i in range(len(config.widths)))
+        self.blocks = nn.ModuleList(ConvBlock(2 * channels[i], channels[i], config.dropout)
+                                    for i in range(len(config.widths)))
+        self.head = nn.Conv2d(config.stem_channels, config.num_classes, 1)
+
+    def forward(self, skips: List[torch.Tensor]) -> torch.Tensor:
+        x = skips[-1]
+        for level in reversed(range(len(self.blocks))):
+            x = self.blocks[level](torch.cat([self.upsample[level](x), skips[level]], dim=1))
+        return self.head(x)
+
+
+class DualInteractionNet(nn.Module):
+    """DIN (Noh, Jeon and Park, 2025) with a U-Net decoder.
+
+    forward(image, enhanced): image and enhanced (B, C_in, H, W), any H and W (padded inside
+    to a multiple of 16) -> logits (B, num_classes, H, W). ``enhanced`` is ignored (and may be
+    None) for the ``single`` variant.
+    """
+
+    def __init__(self, config: NetConfig):
+        super().__init__()
+        self.config = config
+        self.original_encoder = Encoder(config)
+        self.enhanced_encoder: Optional[nn.Module] = None
+        self.fusions = nn.ModuleList()
+        if config.fusion != "single":
+            self.enhanced_encoder = self.original_encoder if config.share_encoders else Encoder(config)
+            low_channels = (config.stem_channels,) + config.widths[:-1]
+            for stage, width in enumerate(config.widths):
+                if config.fusion == "difm":
+                    self.fusions.append(DualInteractiveFusion(
+                        low_channels[stage], width, config.heads[stage], config.kv_reduction[stage],
+                        config.ffn_ratio))
+                else:
+                    self.fusions.append(ConcatFusion(width))
+        self.decoder = Decoder(config)
+
+    @property
+    def uses_enhanced(self) -> bool:
+        """Whether forward() reads the enhanced image."""
+        return self.enhanced_encoder is not None
+
+    def forward(self, image: torch.Tensor, enhanced: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if image.dim() != 4 or image.shape[1] != self.config.in_channels:
+            raise ValueError(f"image must be (B, {self.config.in_channels}, H, W), got {tuple(image.shape)}")
+        if self.uses_enhanced and (enhanced is None or enhanced.shape != image.shape):
+            raise ValueError(f"the {self.config.fusion!r} variant needs an enhanced image shaped like "
+                             f"the image {tuple(image.shape)}")
+        height, width = image.shape[2:]
+        multiple = self.config.downsampling
+        pad = (0, -width % multiple, 0, -height % multiple)
+        original = self.original_encoder(F.pad(image, pad))
+        if self.enhanced_encoder is None:
+            skips = original
+        else:
+            enhanced_features = self.enhanced_encoder(F.pad(enhanced, pad))
+            skips = [original[0] + enhanced_features[0]]
+            for stage, fusion in enumerate(self.fusions):
+                skips.append(fusion((original[stage], original[stage + 1]),
+                                    (enhanced_features[stage], enhanced_features[stage + 1])))
+        return self.decoder(skips)[:, :, :height, :width]
+
+
+def build_network(config: NetConfig) -> DualInteractionNet:
+    """The network for a configuration (one place to construct it, for training and inference)."""
+    return DualInteractionNet(config)
