@@ -18,3 +18,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"real test images are missing: expected {SHARED_DATA} (the shared/ folder beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def random_ct_model(tmp_path_factory) -> Path:
+    """Card path of a light DIN CT model with fixed random weights: deterministic labels, no training.
+
+    Good for tests of geometry, formats and plumbing, where the same input must give the same
+    output; useless for accuracy.
+    """
+    import torch
+
+    from dinseg.enhance import EnhanceConfig
+    from dinseg.models import ModelCard, save_weights
+    from dinseg.nets import NetConfig, build_network
+    from dinseg.preprocess import Preprocessing
+    from dinseg.terminology import SYNAPSE_ORGANS, label_infos_for
+
+    folder = tmp_path_factory.mktemp("random_ct_model")
+    torch.manual_seed(0)
+    config = NetConfig.from_preset("light", num_classes=9)
+    weights = save_weights(build_network(config).state_dict(), folder / "random-ct.pt")
+    card = ModelCard(name="random-ct", version="0.0.1", task="plumbing tests only", modality="CT",
+                     labels=label_infos_for(SYNAPSE_ORGANS),
+                     preprocessing=Preprocessing(spacing=(3.0, 3.0), enhancement=EnhanceConfig(tiles=4)),
+                     network=config, weights=weights)
+    return card.save(folder / "random-ct.json")

@@ -1,0 +1,219 @@
+"""The ``dinseg`` command: segment, models, train, evaluate, synth, ablation and benchmarks.
+
+Every command is a thin layer over the engine; errors meant for the user are printed as one
+line (``dinseg: error: ...``) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import DinsegError, InputError
+
+log = logging.getLogger("dinseg")
+SAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "sample"
+#: bundled sample images, usable as INPUT "sample:NAME"
+SAMPLES = {"abdomen-ct": SAMPLES_DIR / "abdomen_ct.nii.gz", "abdomen-mr": SAMPLES_DIR / "abdomen_mr.nii.gz"}
+
+
+def resolve_input(name: str) -> Path:
+    """A path, or ``sample:NAME`` for a bundled sample image."""
+    if name.startswith("sample:"):
+        key = name[len("sample:"):]
+        if key not in SAMPLES:
+            raise InputError(f"unknown sample {key!r}; bundled samples: {', '.join(SAMPLES)}")
+        return SAMPLES[key]
+    return Path(name)
+
+
+class ProgressReporter:
+    """Progress on stderr as a bar (terminals), as JSON lines on stdout (the Slicer module), or not at all."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.started = time.perf_counter()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.mode == "json":
+            print(json.dumps({"event": "progress", "stage": stage, "done": done, "total": total}), flush=True)
+        elif self.mode == "bar":
+            filled = int(30 * done / max(total, 1))
+            elapsed = time.perf_counter() - self.started
+            sys.stderr.write(f"\r{stage:<10} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {elapsed:6.1f} s")
+            if done >= total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    def event(self, **fields) -> None:
+        if self.mode == "json":
+            print(json.dumps(fields), flush=True)
+
+
+def _frame_argument(value: str):
+    if value == "all":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--frames takes 'all' or a frame number (1 = first)") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("frame numbers start at 1")
+    return number - 1
+
+
+def run_segment(args) -> int:
+    from .enhance import EnhanceConfig
+    from .infer import Segmenter, StageTimer, guess_modality
+    from .io import check_output_path, read_volume
+    from .models import find_model
+    from .segfile import write_segmentation
+
+    output = check_output_path(args.output)
+    if args.preview:
+        check_output_path(args.preview, extensions=(".png",))
+    source = resolve_input(args.input)
+    if not source.exists():
+        raise InputError(f"{source}: no such file or folder")
+    card = find_model(args.model)
+    enhancement = None
+    if args.enhance:
+        enhancement = EnhanceConfig.from_dict({**card.preprocessing.enhancement.to_dict(), "method": args.enhance})
+        log.warning("enhancing with %s instead of the model's %s; the model was trained with the latter",
+                    args.enhance, card.preprocessing.enhancement.method)
+    progress = ProgressReporter(args.progress or ("bar" if sys.stderr.isatty() else "none"))
+    timer = StageTimer()
+    with timer.stage("load model"):
+        segmenter = Segmenter(card, device=args.device, enhancement=enhancement, batch_size=args.batch_size,
+                              largest_component=args.largest_component, fill_holes=args.fill_holes,
+                              progress=progress)
+    with timer.stage("read"):
+        volume = read_volume(source)
+    modality = volume.modality or guess_modality(volume.array)
+    if modality.upper() != card.modality.upper():
+        message = f"the image looks like {modality} but model {card.name} is for {card.modality}"
+        if args.strict:
+            raise InputError(message + " (refused with --strict)")
+        log.warning("%s; the result may be poor", message)
+    if volume.is_time_series and args.frames is None and output.name.endswith(".seg.nrrd"):
+        raise InputError(f"{args.input} is a time series of {volume.frames} frames; .seg.nrrd holds one "
+                         "frame: write .nrrd or .nii.gz for all frames, or choose one with --frames N")
+    result = segmenter.segment(volume, frame=args.frames, timer=timer)
+    with timer.stage("write"):
+        write_segmentation(output, result.labels, result.geometry, card.labels, result.frame_spacing)
+    if args.preview:
+        from .preview import render_preview
+
+        frame_image = volume.array if not volume.is_time_series else volume.array[args.frames or 0]
+        frame_labels = result.labels if result.labels.ndim == 3 else result.labels[0]
+        with timer.stage("preview"):
+            render_preview(args.preview, frame_image, frame_labels, volume.geometry, card.preprocessing,
+                           card.labels, title=f"{Path(args.input).name} - {card.name} {card.version}",
+                           enhancement=segmenter.enhancement)
+    import torch
+
+    progress.event(event="done", output=str(output), seconds=timer.seconds)
+    print(f"dinseg: wrote {output} ({card.name} {card.version}, device {result.device}, "
+          f"{torch.get_num_threads()} CPU threads)\n{timer.table()}", file=sys.stderr)
+    return 0
+
+
+def run_models(args) -> int:
+    from .models import import_models, list_models
+
+    if args.models_command == "import":
+        for card in import_models(args.source):
+            print(f"installed {card.name} {card.version} in {card.path.parent}")
+        return 0
+    cards = list_models()
+    header = ("name", "version", "task", "modality", "classes", "sha256", "size")
+    rows = [(c.name, c.version, c.task, c.modality, ", ".join(label.name for label in c.labels),
+             c.weights.sha256[:12], f"{c.weights.bytes / 1e6:.1f} MB") for c in cards]
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if not cards:
+        print("(no models installed)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dinseg", description="Dual Interaction Network organ segmentation.")
+    parser.add_argument("--version", action="version", version=f"dinseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    segment = commands.add_parser("segment", help="segment a volume into organs",
+                                  description="Segment a NIfTI, NRRD, MHA or DICOM-folder volume (3D or 4D cine). "
+                                              f"INPUT may be sample:NAME for a bundled sample ({', '.join(SAMPLES)}).")
+    segment.add_argument("input", metavar="INPUT")
+    segment.add_argument("-o", "--output", required=True,
+                         help="output .seg.nrrd (Slicer segmentation with names, colours, terminology), "
+                              ".nrrd, .nii.gz, .nii or .mha (labelmap)")
+    segment.add_argument("--model", default="abdomen-ct-light", help="installed model name or model card path "
+                                                                      "(default: %(default)s; see 'dinseg models')")
+    segment.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    segment.add_argument("--enhance", choices=("none", "clahe", "gamma", "unsharp"),
+                         help="override the model's enhancement (for experiments)")
+    segment.add_argument("--preview", metavar="PNG", help="also write original | enhanced | overlay at three slices")
+    segment.add_argument("--frames", type=_frame_argument, default=None, metavar="all|N",
+                         help="for a 4D cine: all frames (default) or frame N, counting from 1")
+    segment.add_argument("--largest-component", action="store_true", help="keep each organ's largest 3D component")
+    segment.add_argument("--fill-holes", action="store_true", help="fill holes enclosed by an organ")
+    segment.add_argument("--batch-size", type=int, help="slices per forward pass (default: from free memory)")
+    segment.add_argument("--strict", action="store_true", help="refuse an image whose modality does not match the model")
+    segment.add_argument("--progress", choices=("bar", "json", "none"),
+                         help="progress display (default: a bar when stderr is a terminal)")
+    segment.set_defaults(handler=run_segment)
+
+    models = commands.add_parser("models", help="list or import model cards")
+    models_commands = models.add_subparsers(dest="models_command", metavar="list|import")
+    models_commands.add_parser("list", help="list installed models (the default)")
+    models_import = models_commands.add_parser("import", help="install models from a ZIP archive or folder")
+    models_import.add_argument("source", metavar="ZIP|DIR")
+    models.set_defaults(handler=run_models)
+    return parser
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Logs to whatever sys.stderr is at the time of each message."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _configure_logging(verbose: bool) -> None:
+    if not any(isinstance(handler, _StderrHandler) for handler in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("dinseg: %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except DinsegError as error:
+        print(f"dinseg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dinseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

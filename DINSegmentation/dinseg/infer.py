@@ -1,0 +1,228 @@
+"""Inference: a volume in any orientation and spacing -> labels on the input grid.
+
+read -> canonicalise -> normalise -> enhance -> network -> postprocess -> write. The CLI,
+the Slicer module and the tests all call :class:`Segmenter`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from .enhance import EnhanceConfig, enhance
+from .errors import InputError
+from .geometry import Geometry
+from .io import ImageVolume
+from .models import ModelCard, load_network
+from .postprocess import clean_labels
+from .preprocess import resize_slices, to_model_grid
+
+log = logging.getLogger("dinseg")
+
+#: progress(stage, done, total): called as slices are segmented
+ProgressCallback = Callable[[str, int, int], None]
+STAGES = ("load model", "read", "canonicalise", "enhance", "network", "postprocess", "write")
+
+
+@dataclass
+class StageTimer:
+    """Wall time per pipeline stage in seconds (GPU work is synchronised before reading the clock)."""
+
+    seconds: Dict[str, float] = field(default_factory=lambda: {stage: 0.0 for stage in STAGES})
+    synchronize: Callable[[], None] = lambda: None
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.synchronize()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def table(self) -> str:
+        total = sum(self.seconds.values()) or 1e-9
+        rows = [f"  {name:<13}{value:8.2f} s {100 * value / total:5.1f} %" for name, value in self.seconds.items()]
+        return "\n".join(rows + [f"  {'total':<13}{total:8.2f} s"])
+
+
+def resolve_device(device: str = "auto"):
+    """'auto' -> cuda, then mps, then cpu; an unavailable explicit device is an InputError."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU is available here")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps: Apple MPS is not available here")
+    if device not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
+    return torch.device(device)
+
+
+def guess_modality(array: np.ndarray) -> str:
+    """'CT' when the image holds Hounsfield-like air (values below -500), else 'MR'."""
+    return "CT" if float(array.min()) < -500 else "MR"
+
+
+def available_memory_bytes(device) -> int:
+    """Free memory on the device: CUDA's free memory, else the system's available RAM."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+@dataclass
+class SegmentationResult:
+    """Labels on the input grid, (z, y, x) or (t, z, y, x) uint8, and how they were made."""
+
+    labels: np.ndarray
+    geometry: Geometry
+    card: ModelCard
+    device: str
+    frame_spacing: Optional[float] = None
+    timer: StageTimer = field(default_factory=StageTimer)
+
+
+class Segmenter:
+    """Runs one model card on volumes.
+
+    device: 'auto', 'cpu', 'cuda' or 'mps'. enhancement: overrides the card's enhancement
+    (the model was trained with the card's, so this is for experiments). batch_size: slices
+    per forward pass; None chooses from free memory. On a CUDA out-of-memory error the batch
+    is halved, and at one slice the work falls back to the CPU with a warning. network: an
+    in-memory network to use instead of the card's weights (validation during training).
+    """
+
+    def __init__(self, card: ModelCard, device: str = "auto", enhancement: Optional[EnhanceConfig] = None,
+                 batch_size: Optional[int] = None, largest_component: bool = False, fill_holes: bool = False,
+                 progress: Optional[ProgressCallback] = None, network=None):
+        import torch
+
+        self.card = card
+        self.device = resolve_device(device)
+        self.enhancement = enhancement or card.preprocessing.enhancement
+        self.requested_batch_size = batch_size
+        self.largest_component = largest_component
+        self.fill_holes = fill_holes
+        self.progress = progress or (lambda stage, done, total: None)
+        self.network = load_network(card, self.device) if network is None else network.to(self.device)
+        self.uses_enhanced = self.network.uses_enhanced
+        self._torch = torch
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work, so that stage timings are true."""
+        if self.device.type == "cuda":
+            self._torch.cuda.synchronize(self.device)
+
+    def segment(self, volume: ImageVolume, frame: Optional[int] = None,
+                timer: Optional[StageTimer] = None) -> SegmentationResult:
+        """Segment every frame of ``volume`` (or only ``frame``, 0-based, of a time series)."""
+        timer = timer or StageTimer()
+        timer.synchronize = self.synchronize
+        array = volume.array
+        if frame is not None:
+            if not volume.is_time_series:
+                raise InputError("--frames N applies to a 4D time series; this image is 3D")
+            if not 0 <= frame < volume.frames:
+                raise InputError(f"frame {frame} does not exist; the series has frames 0..{volume.frames - 1}")
+            array = array[frame]
+        frames = array if array.ndim == 4 else array[np.newaxis]
+        bounds = self.card.preprocessing.normalization.bounds(array)
+        labels = np.stack([self._segment_frame(f, volume.geometry, bounds, timer, index, len(frames))
+                           for index, f in enumerate(frames)])
+        return SegmentationResult(labels=labels if array.ndim == 4 else labels[0], geometry=volume.geometry,
+                                  card=self.card, device=str(self.device), timer=timer,
+                                  frame_spacing=volume.frame_spacing if array.ndim == 4 else None)
+
+    def _segment_frame(self, array: np.ndarray, geometry: Geometry, bounds, timer: StageTimer,
+                       frame_index: int, frame_count: int) -> np.ndarray:
+        """(z, y, x) intensities -> (z, y, x) uint8 labels on the same grid."""
+        preprocessing = self.card.preprocessing
+        reorientation = preprocessing.reorientation(geometry)
+        canonical = reorientation.to_canonical(array)
+        spacing_x, spacing_y, _ = reorientation.spacing(geometry)
+        slice_shape = canonical.shape[1:]
+        model_shape = preprocessing.model_shape(slice_shape, (spacing_x, spacing_y))
+        output = np.zeros(canonical.shape, dtype=np.uint8)
+        batch_size = self.requested_batch_size or self._auto_batch_size(model_shape, slice_shape)
+        total = canonical.shape[0] * frame_count
+        start = 0
+        while start < canonical.shape[0]:
+            stop = min(start + batch_size, canonical.shape[0])
+            try:
+                output[start:stop] = self._predict_slab(canonical[start:stop], bounds, model_shape, timer)
+            except self._torch.cuda.OutOfMemoryError:
+                batch_size = self._recover_from_out_of_memory(batch_size)
+                continue
+            start = stop
+            self.progress("network", frame_index * canonical.shape[0] + stop, total)
+        with timer.stage("postprocess"):
+            labels = np.ascontiguousarray(reorientation.from_canonical(output))
+            if self.largest_component or self.fill_holes:
+                labels = clean_labels(labels, self.largest_component, self.fill_holes)
+        return labels
+
+    def _predict_slab(self, slab: np.ndarray, bounds, model_shape, timer: StageTimer) -> np.ndarray:
+        """(B, H, W) canonical intensities -> (B, H, W) uint8 labels."""
+        torch = self._torch
+        with torch.inference_mode():
+            with timer.stage("canonicalise"):
+                slices = to_model_grid(slab, bounds, model_shape, self.device)
+            with timer.stage("enhance"):
+                enhanced = enhance(slices, self.enhancement) if self.uses_enhanced else None
+            with timer.stage("network"):
+                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+                    logits = self.network(slices, enhanced)
+                probabilities = logits.float().softmax(dim=1)
+            with timer.stage("postprocess"):
+                probabilities = resize_slices(probabilities, slab.shape[1:])
+                return probabilities.argmax(dim=1).to(torch.uint8).cpu().numpy()
+
+    def _auto_batch_size(self, model_shape, slice_shape) -> int:
+        """Slices per pass so that activations use at most a quarter of the free memory."""
+        config = self.card.network
+        pixels = model_shape[0] * model_shape[1]
+        streams = 2 if self.uses_enhanced else 1
+        # live float32 activations per slice, with a safety factor of 8 for intermediates
+        per_slice = 4 * 8 * pixels * (streams * config.stem_channels
+                                      + sum(streams * w * 4 / 4 ** (i + 1) for i, w in enumerate(config.widths)))
+        per_slice += 4 * 3 * config.num_classes * slice_shape[0] * slice_shape[1]
+        budget = available_memory_bytes(self.device) // 4
+        return int(max(1, min(64, budget // per_slice)))
+
+    def _recover_from_out_of_memory(self, batch_size: int) -> int:
+        torch = self._torch
+        torch.cuda.empty_cache()
+        if batch_size > 1:
+            log.warning("GPU out of memory with %d slices per batch; retrying with %d", batch_size, batch_size // 2)
+            return batch_size // 2
+        log.warning("GPU out of memory with one slice per batch; continuing on the CPU")
+        self.device = torch.device("cpu")
+        self.network = self.network.to(self.device)
+        return 1
+
+
+def default_threads() -> int:
+    """Threads torch uses on the CPU (respects OMP_NUM_THREADS)."""
+    return int(os.environ.get("OMP_NUM_THREADS", 0)) or __import__("torch").get_num_threads()

@@ -1,0 +1,148 @@
+"""Preprocessing shared by training and inference: canonical orientation, intensities, model grid.
+
+A model card stores a :class:`Preprocessing`; training decides it once and inference replays it
+exactly (the nnU-Net principle). Nothing here is guessed from the image at inference time
+except what the card says to compute (e.g. percentiles of this volume).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from .enhance import EnhanceConfig
+from .errors import ConfigError
+from .geometry import ORIENTATION_MODES, Geometry, Reorientation, canonical_reorientation, parse_orientation
+
+NORMALIZATION_KINDS = ("window", "percentile")
+_PERCENTILE_SAMPLE = 2_000_000
+
+
+@dataclass
+class Normalization:
+    """Intensity mapping to [0, 1].
+
+    kind ``window``: fixed bounds in the image's units (CT Hounsfield units, e.g. -125..275 as
+    in Synapse). kind ``percentile``: bounds are these percentiles of each volume (MR).
+    """
+
+    kind: str = "window"
+    low: float = -125.0
+    high: float = 275.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in NORMALIZATION_KINDS:
+            raise ConfigError(f"normalization kind must be one of {NORMALIZATION_KINDS}, got {self.kind!r}")
+        if not self.low < self.high:
+            raise ConfigError(f"normalization needs low < high, got {self.low} and {self.high}")
+        if self.kind == "percentile" and not 0 <= self.low < self.high <= 100:
+            raise ConfigError("percentile normalization bounds must lie in [0, 100]")
+
+    def bounds(self, array: np.ndarray) -> Tuple[float, float]:
+        """Intensity bounds for this volume: the window, or percentiles of a fixed voxel subsample."""
+        if self.kind == "window":
+            return float(self.low), float(self.high)
+        flat = array.reshape(-1)
+        sample = flat[:: max(1, flat.size // _PERCENTILE_SAMPLE)]
+        low, high = np.percentile(sample, [self.low, self.high])
+        return float(low), float(max(high, low + 1e-6))
+
+
+def normalize(array, bounds: Tuple[float, float]):
+    """Map intensities to [0, 1] with clipping; numpy arrays and torch tensors alike (float32)."""
+    low, high = bounds
+    scaled = (array.astype(np.float32) if isinstance(array, np.ndarray) else array.float()) - low
+    scaled = scaled / (high - low)
+    return np.clip(scaled, 0.0, 1.0) if isinstance(array, np.ndarray) else scaled.clamp_(0.0, 1.0)
+
+
+@dataclass
+class Preprocessing:
+    """Everything between a volume on disk and the network's input, as stored in a model card.
+
+    orientation / orientation_mode: see :func:`dinseg.geometry.canonical_reorientation`.
+    spacing: in-plane (x, y) spacing in mm of the canonical slices the network sees.
+    """
+
+    orientation: str = "LPS"
+    orientation_mode: str = "anatomical"
+    spacing: Tuple[float, float] = (1.5, 1.5)
+    normalization: Normalization = field(default_factory=Normalization)
+    enhancement: EnhanceConfig = field(default_factory=EnhanceConfig)
+
+    def __post_init__(self) -> None:
+        try:
+            parse_orientation(self.orientation)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if self.orientation_mode not in ORIENTATION_MODES:
+            raise ConfigError(f"orientation_mode must be one of {ORIENTATION_MODES}")
+        self.spacing = tuple(float(s) for s in self.spacing)
+        if len(self.spacing) != 2 or min(self.spacing) <= 0:
+            raise ConfigError(f"spacing must be two positive in-plane values in mm, got {self.spacing}")
+
+    def reorientation(self, geometry: Geometry) -> Reorientation:
+        return canonical_reorientation(geometry, self.orientation, self.orientation_mode)
+
+    def model_shape(self, canonical_shape: Tuple[int, int], canonical_spacing: Tuple[float, float]) -> Tuple[int, int]:
+        """(H, W) of a canonical slice with (x, y) spacing -> (h, w) on the model's grid."""
+        height, width = canonical_shape
+        return (max(1, round(height * canonical_spacing[1] / self.spacing[1])),
+                max(1, round(width * canonical_spacing[0] / self.spacing[0])))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"orientation": self.orientation, "orientation_mode": self.orientation_mode,
+                "spacing": list(self.spacing),
+                "normalization": {"kind": self.normalization.kind, "low": self.normalization.low,
+                                  "high": self.normalization.high},
+                "enhancement": self.enhancement.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Preprocessing":
+        unknown = sorted(set(data) - {"orientation", "orientation_mode", "spacing", "normalization", "enhancement"})
+        if unknown:
+            raise ConfigError(f"unknown preprocessing key(s): {', '.join(unknown)}")
+        data = dict(data)
+        if "normalization" in data:
+            normalization = dict(data["normalization"])
+            unknown = sorted(set(normalization) - {"kind", "low", "high"})
+            if unknown:
+                raise ConfigError(f"unknown normalization key(s): {', '.join(unknown)}")
+            data["normalization"] = Normalization(**normalization)
+        if "enhancement" in data:
+            try:
+                data["enhancement"] = EnhanceConfig.from_dict(data["enhancement"])
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+        return cls(**data)
+
+
+def resize_slices(slices, shape: Tuple[int, int], mode: str = "bilinear"):
+    """Resample a batch (B, C, H, W) torch tensor to (B, C, h, w).
+
+    Linear modes antialias when shrinking, so a 0.7 mm scan reaches a 3 mm model looking like a
+    3 mm acquisition. ``align_corners=False`` makes the forward and backward maps exact inverses
+    of each other in physical space.
+    """
+    import torch.nn.functional as F
+
+    if tuple(slices.shape[-2:]) == tuple(shape):
+        return slices
+    if mode == "nearest":
+        return F.interpolate(slices, size=shape, mode="nearest-exact")
+    shrinking = shape[0] < slices.shape[-2] or shape[1] < slices.shape[-1]
+    return F.interpolate(slices, size=shape, mode=mode, align_corners=False, antialias=shrinking)
+
+
+
+def to_model_grid(slab: np.ndarray, bounds: Tuple[float, float], model_shape: Tuple[int, int], device="cpu"):
+    """Canonical slices (B, H, W) in image units -> normalised (B, 1, h, w) float32 torch tensor on the model grid.
+
+    The one path from image to network input, for training and inference alike.
+    """
+    import torch
+
+    slices = torch.from_numpy(np.ascontiguousarray(slab)).to(device)
+    return resize_slices(normalize(slices, bounds).unsqueeze(1), model_shape)

@@ -1,0 +1,322 @@
+"""`dinseg segment`: orientation-independent results, exact output geometry, formats, 4D, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from dinseg.cli import main
+from dinseg.errors import ModelError
+from dinseg.infer import Segmenter
+from dinseg.io import read_volume
+from dinseg.models import import_models, load_card, load_network
+
+from conftest import SAMPLES
+
+CT = SAMPLES / "abdomen_ct.nii.gz"
+MR = SAMPLES / "abdomen_mr.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def ct_crop(tmp_path_factory) -> Path:
+    """The real CT cut to 24 slices through the upper abdomen (direction (-1, -1, 1) kept)."""
+    image = sitk.ReadImage(str(CT))[:, :, 76:100]
+    path = tmp_path_factory.mktemp("ct") / "ct_crop.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _segment(card, path, out, *extra) -> int:
+    return main(["segment", str(path), "-o", str(out), "--model", str(card), "--device", "cpu", *extra])
+
+
+def _labels_in_lps_grid_of(reference: sitk.Image, labels_path: Path) -> np.ndarray:
+    """Labels resampled (nearest, exact for grids that coincide) onto the reference's grid."""
+    labels = sitk.ReadImage(str(labels_path))
+    resampled = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(resampled)
+
+
+def test_flipped_and_permuted_storage_give_the_same_segmentation(random_ct_model, ct_crop, tmp_path):
+    """The same anatomy stored with flipped axes (identity direction) or permuted axes segments identically."""
+    original = sitk.ReadImage(str(ct_crop))
+    identity = sitk.DICOMOrient(original, "LPS")          # flips x and y: identity direction
+    assert identity.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    permuted = sitk.PermuteAxes(original, [1, 0, 2])       # x and y swapped, direction matrix to match
+    results = {}
+    for name, image in (("original", original), ("identity", identity), ("permuted", permuted)):
+        source = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(image, str(source))
+        assert _segment(random_ct_model, source, tmp_path / f"{name}_labels.nii.gz") == 0
+        results[name] = _labels_in_lps_grid_of(original, tmp_path / f"{name}_labels.nii.gz")
+    assert len(np.unique(results["original"])) > 2, "the model output should have structure"
+    assert np.array_equal(results["identity"], results["original"])
+    assert np.array_equal(results["permuted"], results["original"])
+
+
+@pytest.mark.parametrize("extension", [".nii.gz", ".nrrd", ".seg.nrrd", ".mha"])
+def test_output_geometry_equals_the_input_exactly(random_ct_model, ct_crop, tmp_path, extension):
+    out = tmp_path / f"labels{extension}"
+    assert _segment(random_ct_model, ct_crop, out) == 0
+    source, result = sitk.ReadImage(str(ct_crop)), sitk.ReadImage(str(out))
+    assert result.GetSize() == source.GetSize()
+    assert result.GetSpacing() == source.GetSpacing()
+    assert result.GetOrigin() == source.GetOrigin()
+    assert result.GetDirection() == source.GetDirection()
+    assert result.GetPixelID() == sitk.sitkUInt8
+
+
+def test_fine_in_plane_resolution_keeps_the_input_grid(random_ct_model, ct_crop, tmp_path):
+    """A 0.7 mm, 512 x 512 in-plane copy (as real scans are stored) comes back on its own grid."""
+    image = sitk.ReadImage(str(ct_crop))[:, :, :6]
+    fine = sitk.Resample(image, (512, 512, image.GetSize()[2]), sitk.Transform(), sitk.sitkLinear,
+                         image.GetOrigin(), (0.7, 0.7, image.GetSpacing()[2]), image.GetDirection(), -1000)
+    source, out = tmp_path / "fine.nii.gz", tmp_path / "fine_labels.nrrd"
+    sitk.WriteImage(fine, str(source))
+    assert _segment(random_ct_model, source, out) == 0
+    result = sitk.ReadImage(str(out))
+    assert result.GetSize() == (512, 512, 6)
+    assert np.allclose(result.GetSpacing(), (0.7, 0.7, 3.0), atol=1e-6)  # NIfTI stores float32
+
+
+def test_seg_nrrd_has_named_coloured_coded_segments(random_ct_model, ct_crop, tmp_path):
+    import slicerio
+
+    out = tmp_path / "ct.seg.nrrd"
+    assert _segment(random_ct_model, ct_crop, out) == 0
+    segmentation = slicerio.read_segmentation(str(out))
+    names = [segment["name"] for segment in segmentation["segments"]]
+    assert names == ["aorta", "gallbladder", "left kidney", "right kidney", "liver", "pancreas", "spleen", "stomach"]
+    liver = segmentation["segments"][4]
+    assert liver["labelValue"] == 5
+    assert liver["terminology"]["type"] == ["SCT", "10200004", "Liver"]
+    assert np.allclose(liver["color"], [221 / 255, 130 / 255, 101 / 255], atol=1e-5)
+    left_kidney = segmentation["segments"][2]["terminology"]
+    assert left_kidney["type"][1] == "64033007" and left_kidney["typeModifier"][1] == "7771000"
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert np.array_equal(np.transpose(segmentation["voxels"], (2, 1, 0)), expected)
+
+
+def test_preview_png_is_written(random_ct_model, ct_crop, tmp_path):
+    preview = tmp_path / "preview.png"
+    assert _segment(random_ct_model, ct_crop, tmp_path / "l.nii.gz", "--preview", str(preview)) == 0
+    image = sitk.ReadImage(str(preview))
+    assert image.GetSize()[0] > 600 and image.GetSize()[1] > 600
+    assert len(list(tmp_path.glob(".*"))) == 0, "no temporary files left behind"
+
+
+def _four_d(tmp_path, frames=3) -> Path:
+    image = sitk.ReadImage(str(CT))[:, :, 80:88]
+    series = sitk.JoinSeries([image + 10 * t for t in range(frames)])
+    path = tmp_path / "cine.nii.gz"
+    sitk.WriteImage(series, str(path))
+    return path
+
+
+def test_time_series_is_segmented_frame_by_frame(random_ct_model, tmp_path):
+    path = _four_d(tmp_path)
+    out = tmp_path / "cine_labels.nii.gz"
+    assert _segment(random_ct_model, path, out) == 0
+    result = sitk.ReadImage(str(out))
+    assert result.GetDimension() == 4 and result.GetSize() == (122, 101, 8, 3)
+    labels = sitk.GetArrayFromImage(result)
+    one = tmp_path / "frame2.nii.gz"
+    assert _segment(random_ct_model, path, one, "--frames", "2") == 0
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(one))), labels[1])
+
+
+def test_multiframe_cine_dicom_reads_as_a_time_series(shared_data):
+    volume = read_volume(shared_data / "cardiac_cine_dicom" / "MR-MONO2-8-16x-heart.dcm")
+    assert volume.is_time_series and volume.array.shape == (16, 1, 256, 256)
+    assert volume.modality == "MR" and volume.frame_spacing == pytest.approx(69.47)
+
+
+def test_dicom_series_folder_reads_like_the_nifti(tmp_path):
+    image = sitk.Cast(sitk.ReadImage(str(CT))[:, :, 80:84], sitk.sitkInt16)
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for k in range(image.GetSize()[2]):
+        plane = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.3"), ("0020|000e", "1.2.3.4"),
+                           ("0020|0032", "\\".join(map(str, position))),
+                           ("0020|0037", "\\".join(map(str, image.GetDirection()[0:7:3] + image.GetDirection()[1:8:3]))),
+                           ("0020|0013", str(k + 1))):
+            plane.SetMetaData(tag, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(plane)
+    volume = read_volume(folder)
+    assert volume.modality == "CT"
+    assert np.array_equal(volume.array, sitk.GetArrayFromImage(image))
+    assert np.allclose(volume.geometry.direction, image.GetDirection(), atol=1e-5)
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_labels(random_ct_model, ct_crop, monkeypatch):
+    card = load_card(random_ct_model)
+    volume = read_volume(ct_crop)
+    expected = Segmenter(card, device="cpu", batch_size=2).segment(volume).labels
+    segmenter = Segmenter(card, device="cpu", batch_size=16)
+    forward = segmenter.network.forward
+    seen = []
+
+    def forward_with_small_memory(image, enhanced=None):
+        seen.append(image.shape[0])
+        if image.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return forward(image, enhanced)
+
+    monkeypatch.setattr(segmenter.network, "forward", forward_with_small_memory)
+    assert np.array_equal(segmenter.segment(volume).labels, expected)
+    assert seen[:3] == [16, 8, 4] and max(seen[3:]) == 2
+
+
+# ---- bad input: one clear line, non-zero exit, nothing written -----------------------------
+
+def _expect_failure(capsys, args, message, out_path):
+    code = main(args)
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert error and error[-1].startswith("dinseg: error:") and message in error[-1], error
+    folder = Path(out_path).parent
+    assert not Path(out_path).exists()
+    assert not folder.exists() or not any(p.name.startswith(".") for p in folder.iterdir()), "temporary file left"
+
+
+def _write(array, path, spacing=(3.0, 3.0, 3.0)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such file"),
+    ("truncated", "cannot read"),
+    ("empty_file", "cannot read"),
+    ("two_d", "2D image"),
+    ("constant", "constant"),
+    ("nan", "NaN or infinite"),
+    ("inf", "NaN or infinite"),
+    ("rgb", "components per voxel"),
+])
+def test_bad_images_fail_cleanly(random_ct_model, tmp_path, capsys, case, message):
+    path = tmp_path / f"{case}.nii.gz"
+    if case == "truncated":
+        path.write_bytes(CT.read_bytes()[:50_000])
+    elif case == "empty_file":
+        path.write_bytes(b"")
+    elif case == "two_d":
+        _write(np.ones((20, 20), np.int16), path, spacing=(1.0, 1.0))
+    elif case == "constant":
+        _write(np.full((4, 20, 20), -1000, np.int16), path)
+    elif case in ("nan", "inf"):
+        # ITK writes NaN as 0 in NIfTI, so store the float voxels raw behind an ITK-written header
+        array = np.random.default_rng(0).normal(size=(4, 20, 20)).astype(np.float32)
+        array[1, 2, 3] = np.nan if case == "nan" else np.inf
+        plain = tmp_path / "plain.nii"
+        _write(array, plain)
+        data = plain.read_bytes()
+        path.write_bytes(gzip.compress(data[:352] + array.tobytes()))
+    elif case == "rgb":
+        sitk.WriteImage(sitk.Compose([sitk.Image(8, 8, 3, sitk.sitkUInt8)] * 3), str(path))
+    out = tmp_path / "out" / "labels.seg.nrrd"
+    out.parent.mkdir()
+    _expect_failure(capsys, ["segment", str(path), "-o", str(out), "--model", str(random_ct_model)], message, out)
+
+
+def test_wrong_weights_checksum_is_refused(random_ct_model, ct_crop, tmp_path, capsys):
+    card = json.loads(Path(random_ct_model).read_text())
+    card["weights"]["sha256"] = "0" * 64
+    folder = tmp_path / "tampered"
+    folder.mkdir()
+    (folder / "random-ct.pt").write_bytes((Path(random_ct_model).parent / "random-ct.pt").read_bytes())
+    (folder / "random-ct.json").write_text(json.dumps(card))
+    out = tmp_path / "o" / "labels.nii.gz"
+    out.parent.mkdir()
+    _expect_failure(capsys, ["segment", str(ct_crop), "-o", str(out), "--model", str(folder / "random-ct.json")],
+                    "refusing to load", out)
+
+
+def test_unknown_model_and_missing_output_folder(random_ct_model, ct_crop, tmp_path, capsys):
+    out = tmp_path / "labels.nii.gz"
+    _expect_failure(capsys, ["segment", str(ct_crop), "-o", str(out), "--model", "no-such-model"],
+                    "unknown model 'no-such-model'", out)
+    _expect_failure(capsys, ["segment", str(ct_crop), "-o", str(tmp_path / "missing" / "l.nii.gz"),
+                             "--model", str(random_ct_model)], "does not exist", tmp_path / "missing" / "l.nii.gz")
+
+
+def test_modality_mismatch_warns_or_refuses_with_strict(random_ct_model, tmp_path, capsys):
+    out = tmp_path / "mr_labels.nii.gz"
+    assert _segment(random_ct_model, MR, out) == 0
+    assert "looks like MR" in capsys.readouterr().err
+    strict_out = tmp_path / "o" / "strict.nii.gz"
+    strict_out.parent.mkdir()
+    _expect_failure(capsys, ["segment", str(MR), "-o", str(strict_out), "--model", str(random_ct_model),
+                             "--strict"], "--strict", strict_out)
+
+
+def test_time_series_cannot_go_into_one_seg_nrrd(random_ct_model, tmp_path, capsys):
+    path = _four_d(tmp_path, frames=2)
+    out = tmp_path / "o" / "cine.seg.nrrd"
+    out.parent.mkdir()
+    _expect_failure(capsys, ["segment", str(path), "-o", str(out), "--model", str(random_ct_model)],
+                    "time series", out)
+
+
+def test_command_line_exit_status_and_single_error_line(tmp_path):
+    """The installed command, not just main(): exit status 2 and one line on stderr."""
+    result = subprocess.run([sys.executable, "-m", "dinseg.cli", "segment", str(tmp_path / "nothing.nii.gz"),
+                             "-o", str(tmp_path / "x.seg.nrrd")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"dinseg: error: {tmp_path / 'nothing.nii.gz'}: no such file or folder"]
+
+
+# ---- model cards -------------------------------------------------------------------------
+
+def test_weights_load_without_unpickling_objects(random_ct_model, tmp_path):
+    card = load_card(random_ct_model)
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    torch.save({"not_a_tensor": __import__("collections").OrderedDict(a=sum)}, evil / "random-ct.pt")
+    from dinseg.models import sha256_of
+
+    data = json.loads(Path(random_ct_model).read_text())
+    data["weights"]["sha256"] = sha256_of(evil / "random-ct.pt")
+    (evil / "random-ct.json").write_text(json.dumps(data))
+    with pytest.raises(Exception, match="Unsupported global|weights_only|GLOBAL"):
+        load_network(load_card(evil / "random-ct.json"))
+    assert load_network(card).training is False
+
+
+def test_model_import_refuses_paths_that_escape(random_ct_model, tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("../outside.json", "{}")
+    with pytest.raises(ModelError, match="escape"):
+        import_models(archive, tmp_path / "models")
+    assert not (tmp_path / "outside.json").exists()
+
+
+def test_model_import_installs_a_checked_model(random_ct_model, tmp_path, monkeypatch, capsys):
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for file in Path(random_ct_model).parent.iterdir():
+            zf.write(file, f"random-ct/{file.name}")
+    monkeypatch.setenv("DINSEG_HOME", str(tmp_path / "home"))
+    assert main(["models", "import", str(archive)]) == 0
+    assert (tmp_path / "home" / "models" / "random-ct-0.0.1" / "random-ct.json").is_file()
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "random-ct" in listing and load_card(random_ct_model).weights.sha256[:12] in listing
