@@ -447,5 +447,13 @@ def test_acdc_explicit_split_by_patient(tmp_path, mr):
     assert [c.case_id for c in splits["train"]] == ["patient001_frame01", "patient001_frame12",
                                                     "patient003_frame01", "patient003_frame12"]
     assert [c.case_id for c in splits["test"]] == ["patient002_frame12"]
-    with pytest.raises(InputError, match="patient001 is in both the 'train' and 'val' splits"):
-        split_cases(dataset, {"train": ["patient001_frame01"], "val": ["patient001_frame12"]})
+    with pytest.raises(InputError, match="patient001 is in both the 'train' and 'test' splits"):
+        split_cases(dataset, {"train": ["patient001_frame01"], "test": ["patient001_frame12"]})
+
+
+def test_train_val_overlap_is_allowed_with_a_warning(tmp_path, mr, caplog):
+    """One-patient training (the bundled models) validates on its training patient, and says so."""
+    make_acdc(tmp_path, mr, patients=(1,))
+    splits = split_cases(open_dataset(tmp_path), {"train": ["patient001"], "val": ["patient001"]})
+    assert len(splits["train"]) == len(splits["val"]) == 2
+    assert "fit to training data" in caplog.text

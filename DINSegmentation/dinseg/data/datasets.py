@@ -30,6 +30,7 @@ naming the file or case. Arrays are (z, y, x).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ from ..errors import ConfigError, InputError
 from ..geometry import Geometry
 from ..io import ImageVolume, check_voxels, read_volume
 from ..terminology import ACDC_STRUCTURES, SYNAPSE_ORGANS
+
+log = logging.getLogger("dinseg")
 
 LAYOUTS = ("acdc", "synapse", "btcv", "msd")
 SPLIT_NAMES = ("train", "val", "test")
@@ -339,9 +342,14 @@ def _resolve_splits(dataset: Dataset, splits: Dict[str, List[str]], source: str)
         result[name] = [r for r in dataset.cases if r.case_id in wanted or r.group in wanted]
         for record in result[name]:
             other = owner.setdefault(record.group, name)
-            if other != name:
+            if other == name:
+                continue
+            if {other, name} == {"train", "val"}:
+                log.warning("%s: %s is in both the train and val splits: validation scores will measure "
+                            "fit to training data, not generalisation", source, record.group)
+            else:
                 raise InputError(f"{source}: {record.group} is in both the '{other}' and '{name}' splits "
-                                 "(all cases of a patient must stay in one split)")
+                                 "(a test patient must not be trained or validated on)")
     if not result.get("train"):
         raise InputError(f"{source}: the train split is empty; list the training cases under 'train'")
     return result

@@ -1,0 +1,189 @@
+"""Training, resuming, distributed training, evaluation, the phantom and the ablation, at toy sizes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from dinseg.cli import main
+from dinseg.errors import ConfigError, InputError
+from dinseg.models import load_card
+from dinseg.synth import write_acdc_phantom
+from dinseg.train import DINTrainingLogic, TrainConfig
+
+TINY = dict(layout="acdc", preset="light", spacing=(3.0, 3.0), orientation_mode="acquisition",
+            normalization="percentile", normalization_low=0.5, normalization_high=99.5,
+            enhancement={"method": "clahe", "tiles": 2}, patch_size=(48, 48), batch_size=2,
+            iterations_per_epoch=3, warmup_iterations=2, workers=0, device="cpu", val_fraction=0.34)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("phantom")
+    write_acdc_phantom(folder, n_cases=3, degradation="mild", seed=5)
+    return folder
+
+
+def _config(phantom, output, **overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, "data": str(phantom), "output": str(output), **overrides})
+
+
+def _weights(card_path) -> dict:
+    card = load_card(card_path)
+    return torch.load(card.weights_path, weights_only=True)
+
+
+def test_a_run_folder_holds_everything_and_its_card_segments(phantom, tmp_path):
+    run = tmp_path / "run"
+    result = DINTrainingLogic(_config(phantom, run, epochs=2, model_name="tiny")).run()
+    for name in ("config.json", "log.txt", "metrics.csv", "curves.png", "checkpoint.pt"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert 0 <= float(rows[-1]["dice/mean"]) <= 1 and float(rows[-1]["loss/total"]) > 0
+    card = load_card(result["best_card"])
+    assert [label.name for label in card.labels] == ["right ventricle", "myocardium", "left ventricle"]
+    assert card.training["iterations"] == 6 and "dice/mean" in card.metrics["validation"]
+    image = phantom / "patient001" / "patient001_frame01.nii.gz"
+    assert main(["segment", str(image), "-o", str(tmp_path / "seg.seg.nrrd"), "--model", str(result["last_card"]),
+                 "--device", "cpu"]) == 0
+    assert sitk.ReadImage(str(tmp_path / "seg.seg.nrrd")).GetSize() == sitk.ReadImage(str(image)).GetSize()
+
+
+def test_resume_continues_exactly(phantom, tmp_path):
+    straight = DINTrainingLogic(_config(phantom, tmp_path / "straight", epochs=2, val_fraction=0.0)).run()
+    DINTrainingLogic(_config(phantom, tmp_path / "resumed", epochs=1, val_fraction=0.0)).run()
+    resumed = DINTrainingLogic(_config(phantom, tmp_path / "resumed", epochs=2, val_fraction=0.0),
+                               resume=True).run()
+    a, b = _weights(straight["last_card"]), _weights(resumed["last_card"])
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert resumed["epochs"] == 2
+
+
+def test_resume_refuses_a_changed_configuration(phantom, tmp_path):
+    DINTrainingLogic(_config(phantom, tmp_path / "run", epochs=1, val_fraction=0.0)).run()
+    with pytest.raises(ConfigError, match="configuration the run started with"):
+        DINTrainingLogic(_config(phantom, tmp_path / "run", epochs=2, lr=0.5, val_fraction=0.0), resume=True).run()
+
+
+def test_cancel_leaves_a_checkpoint_to_resume_from(phantom, tmp_path):
+    logic = DINTrainingLogic(_config(phantom, tmp_path / "run", epochs=3, val_fraction=0.0))
+    reports = []
+
+    def progress(report):
+        reports.append(report)
+        if report.epoch == 2:
+            logic.cancel()
+
+    logic.progress = progress
+    logic.run()
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert json.loads(checkpoint["state"])["epoch"] == 1
+    result = DINTrainingLogic(_config(phantom, tmp_path / "run", epochs=3, val_fraction=0.0), resume=True).run()
+    assert result["epochs"] == 3
+
+
+@pytest.mark.parametrize("problem, error, message", [
+    ({"colour": "red"}, ConfigError, "unknown training option"),
+    ({"data": ""}, ConfigError, "no training data"),
+    ({"schedule": "linear"}, ConfigError, "schedule"),
+])
+def test_bad_configuration_fails_before_training(phantom, tmp_path, problem, error, message):
+    with pytest.raises(error, match=message):
+        data = {**_config(phantom, tmp_path / "run").to_dict(), **problem}
+        DINTrainingLogic(TrainConfig.from_dict(data)).run()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_bad_data_fails_before_training(phantom, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    write_acdc_phantom(broken, n_cases=2, degradation=0.2, seed=1)
+    labels = broken / "patient002" / "patient002_frame01_gt.nii.gz"
+    image = sitk.ReadImage(str(labels))
+    array = sitk.GetArrayFromImage(image)
+    array[0, 0, 0] = 7
+    bad = sitk.GetImageFromArray(array)
+    bad.CopyInformation(image)
+    sitk.WriteImage(bad, str(labels))
+    code = main(["train", "--data", str(broken), "--layout", "acdc", "--output", str(tmp_path / "run"),
+                 "--device", "cpu", "--epochs", "1"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and error.startswith("dinseg: error:") and "patient002_frame01" in error and "7" in error
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    (broken / "patient002" / "patient002_frame01_gt.nii.gz").unlink()
+    assert main(["train", "--data", str(broken), "--layout", "acdc", "--output", str(tmp_path / "run2")]) == 2
+    assert "patient002_frame01" in capsys.readouterr().err
+
+
+def test_config_file_and_flags(phantom, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {phantom}\nlayout: acdc\nbatch_size: 3\nspacing: [2.0, 2.0]\n")
+    parsed = TrainConfig.from_file(config)
+    assert parsed.batch_size == 3 and parsed.spacing == (2.0, 2.0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_sise: 3\n")
+    with pytest.raises(ConfigError, match="batch_sise"):
+        TrainConfig.from_file(bad)
+
+
+def test_two_process_distributed_training_gives_identical_weights(phantom, tmp_path):
+    """torchrun with two CPU processes (gloo): same final weights on both ranks, files written once."""
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731",
+               "-m", "dinseg.cli", "train", "--data", str(phantom), "--layout", "acdc", "--output", str(run),
+               "--preset", "light", "--spacing", "3.0", "3.0", "--patch-size", "48", "48", "--batch-size", "2",
+               "--epochs", "1", "--iterations-per-epoch", "2", "--workers", "0", "--device", "cpu",
+               "--orientation-mode", "acquisition", "--normalization", "percentile", "--normalization-low", "0.5",
+               "--normalization-high", "99.5", "--val-fraction", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = dict(re.findall(r"rank (\d) final weights sha256 ([0-9a-f]{64})", result.stderr))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], result.stderr[-2000:]
+    log_lines = (run / "log.txt").read_text().splitlines()
+    assert sum("epoch 1/1" in line for line in log_lines) == 1, "only rank 0 writes"
+    assert len(list((run / "models" / "last").glob("*.pt"))) == 1
+
+
+def test_evaluate_writes_csv_and_markdown(phantom, tmp_path, capsys):
+    run = DINTrainingLogic(_config(phantom, tmp_path / "run", epochs=1, val_fraction=0.0)).run()
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--model", str(run["last_card"]), "--data", str(phantom), "--split", "all",
+                 "--device", "cpu", "-o", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "evaluation.csv")))
+    assert len(rows) == 6 * 3 and {row["class"] for row in rows} == {"right ventricle", "myocardium", "left ventricle"}
+    markdown = (out / "evaluation.md").read_text()
+    assert "mean ± sd" in markdown and "patient003_frame01" in markdown
+    assert "| case |" in capsys.readouterr().out
+
+
+def test_synth_command_writes_an_acdc_phantom(tmp_path):
+    assert main(["synth", str(tmp_path / "p"), "--cases", "2", "--degradation", "severe", "--seed", "3"]) == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["README.txt", "patient001", "patient002"]
+    assert "phantom" in (tmp_path / "p" / "README.txt").read_text().lower()
+    assert main(["synth", str(tmp_path / "q"), "--degradation", "awful"]) == 2
+
+
+def test_ablation_trains_every_variant_and_tabulates(tmp_path):
+    from dinseg.ablation import AblationPlan, run_ablation
+
+    plan = AblationPlan(output=str(tmp_path / "ablation"), seeds=(0,), train_cases=2, test_cases=1, epochs=1,
+                        iterations_per_epoch=2, batch_size=2, patch_size=(48, 48), spacing=(3.0, 3.0), device="cpu")
+    rows = run_ablation(plan)
+    assert {(row["variant"], row["test"]) for row in rows} == {(v, t) for v in ("single", "concat", "difm")
+                                                               for t in plan.test_degradations}
+    table = (tmp_path / "ablation" / "ablation.md").read_text()
+    assert "PHANTOM" in table and all(f"| {v} |" in table for v in ("single", "concat", "difm"))
+    params = {row["variant"]: row["parameters_m"] for row in rows}
+    assert params["single"] < params["concat"] < params["difm"]
