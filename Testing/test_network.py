@@ -107,7 +107,7 @@ def test_config_round_trips_through_json(preset):
 
 
 @pytest.mark.parametrize("bad, message", [({"fusion": "sum"}, "fusion"), ({"widths": [8, 16]}, "4 entries"),
-                                          ({"colour": 1}, "unknown"), ({"heads": [3, 2, 4, 8]}, "divisible")])
+                                          ({"colour": 1}, "unknown"), ({"heads": [5, 2, 4, 8]}, "divisible")])
 def test_bad_configuration_is_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         NetConfig.from_dict({**NetConfig().to_dict(), **bad})

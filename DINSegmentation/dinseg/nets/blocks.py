@@ -55,12 +55,12 @@ class ConvNeXtBlock(nn.Module):
 
 
 class EncoderStage(nn.Sequential):
-    """Downsample by 2 (LayerNorm + 2x2 stride-2 conv), then ``depth`` ConvNeXt blocks.
+    """Downsample (LayerNorm + s x s stride-s conv, as ConvNeXt), then ``depth`` ConvNeXt blocks.
 
-    (B, C_in, H, W) -> (B, C_out, H/2, W/2).
+    (B, C_in, H, W) -> (B, C_out, H/s, W/s).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, depth: int, mlp_ratio: float):
+    def __init__(self, in_channels: int, out_channels: int, depth: int, mlp_ratio: float, stride: int):
         super().__init__(LayerNorm2d(in_channels, eps=1e-6),
-                         nn.Conv2d(in_channels, out_channels, 2, stride=2),
+                         nn.Conv2d(in_channels, out_channels, stride, stride=stride),
                          *[ConvNeXtBlock(out_channels, mlp_ratio) for _ in range(depth)])

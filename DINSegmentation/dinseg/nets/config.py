@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
@@ -13,17 +14,17 @@ FUSION_VARIANTS = ("single", "concat", "difm")
 class NetConfig:
     """Architecture of a :class:`~dinseg.nets.din.DualInteractionNet`.
 
-    The encoder has a full-resolution stem and four stages at 1/2, 1/4, 1/8 and 1/16 of the
-    input resolution; ``widths``, ``depths``, ``heads`` and ``kv_reduction`` have one entry
-    per stage.
+    The encoder has a full-resolution stem and four ConvNeXt stages at 1/4, 1/8, 1/16 and
+    1/32 of the input resolution (where the paper's ConvNeXt encoders have theirs); ``widths``,
+    ``depths``, ``heads`` and ``kv_reduction`` have one entry per stage.
 
     fusion: ``"difm"`` (the paper: bidirectional cross-attention per stage), ``"concat"``
         (both encoders, features concatenated and convolved) or ``"single"`` (original image
         only). All three share the same decoder, so they can be compared in an ablation.
     kv_reduction: spatial-reduction ratio of keys and values per stage (as in PVT). The
-        default (8, 4, 2, 1) pools every stage's keys to 1/16 of the input resolution, so
-        attention costs O(N * N/256) instead of O(N^2) at the high-resolution stages: at
-        224x224 the first stage attends 12,544 queries to 196 keys.
+        default (4, 2, 1, 1) pools the keys of the first three stages to 1/16 of the input
+        resolution, so the first stage costs O(N * N/16) instead of O(N^2): at 224x224 it
+        attends 3,136 queries to 196 keys. Every stage still sees the whole image.
     share_encoders: one set of encoder weights for both streams (the default is two).
     """
 
@@ -31,10 +32,10 @@ class NetConfig:
     in_channels: int = 1
     fusion: str = "difm"
     stem_channels: int = 16
-    widths: Tuple[int, ...] = (16, 32, 64, 128)
+    widths: Tuple[int, ...] = (24, 48, 96, 192)
     depths: Tuple[int, ...] = (1, 1, 2, 1)
     heads: Tuple[int, ...] = (1, 2, 4, 8)
-    kv_reduction: Tuple[int, ...] = (8, 4, 2, 1)
+    kv_reduction: Tuple[int, ...] = (4, 2, 1, 1)
     ffn_ratio: float = 2.0
     convnext_ratio: float = 4.0
     share_encoders: bool = False
@@ -57,9 +58,14 @@ class NetConfig:
             raise ValueError("NetConfig.kv_reduction entries must be >= 1")
 
     @property
+    def strides(self) -> Tuple[int, ...]:
+        """Downsampling of each stage relative to the one before: 4 (ConvNeXt's patchify), then 2."""
+        return (4, 2, 2, 2)
+
+    @property
     def downsampling(self) -> int:
         """Total downsampling factor of the encoder: inputs are padded to a multiple of it."""
-        return 2 ** len(self.widths)
+        return math.prod(self.strides)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -86,10 +92,10 @@ class NetConfig:
 #: Named architectures. ``light`` runs on a workstation CPU; ``paper`` uses ConvNeXt-base
 #: widths and depths as in the DIN paper (two encoders of about 88 M parameters each).
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "light": dict(stem_channels=16, widths=(16, 32, 64, 128), depths=(1, 1, 2, 1),
-                  heads=(1, 2, 4, 8), kv_reduction=(8, 4, 2, 1)),
-    "medium": dict(stem_channels=32, widths=(32, 64, 128, 256), depths=(2, 2, 4, 2),
-                   heads=(1, 2, 4, 8), kv_reduction=(8, 4, 2, 1)),
+    "light": dict(stem_channels=16, widths=(24, 48, 96, 192), depths=(1, 1, 2, 1),
+                  heads=(1, 2, 4, 8), kv_reduction=(4, 2, 1, 1)),
+    "medium": dict(stem_channels=32, widths=(48, 96, 192, 384), depths=(2, 2, 6, 2),
+                   heads=(2, 4, 8, 16), kv_reduction=(4, 2, 1, 1)),
     "paper": dict(stem_channels=64, widths=(128, 256, 512, 1024), depths=(3, 3, 27, 3),
-                  heads=(2, 4, 8, 16), kv_reduction=(8, 4, 2, 1)),
+                  heads=(4, 8, 16, 32), kv_reduction=(4, 2, 1, 1)),
 }

@@ -14,9 +14,11 @@ from .difm import ConcatFusion, DualInteractiveFusion
 
 
 class Encoder(nn.Module):
-    """Full-resolution convolutional stem, then four ConvNeXt stages.
+    """Full-resolution convolutional stem, then four ConvNeXt stages at 1/4, 1/8, 1/16 and 1/32.
 
-    (B, C_in, H, W) -> [stem (B, c0, H, W), stage 1 (B, c1, H/2, W/2), ..., stage 4 (B, c4, H/16, W/16)].
+    (B, C_in, H, W) -> [stem (B, c0, H, W), stage 1 (B, c1, H/4, W/4), ..., stage 4 (B, c4, H/32, W/32)].
+    The stages sit where ConvNeXt's (and the DIN paper's) do; the stem adds full-resolution
+    detail for the decoder.
     """
 
     def __init__(self, config: NetConfig):
@@ -24,7 +26,7 @@ class Encoder(nn.Module):
         self.stem = ConvBlock(config.in_channels, config.stem_channels)
         channels = (config.stem_channels,) + config.widths
         self.stages = nn.ModuleList(
-            EncoderStage(channels[i], channels[i + 1], config.depths[i], config.convnext_ratio)
+            EncoderStage(channels[i], channels[i + 1], config.depths[i], config.convnext_ratio, config.strides[i])
             for i in range(len(config.widths)))
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -37,7 +39,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """U-Net decoder: transposed-conv upsampling, concatenation with the skip, two 3x3 convs.
 
-    skips: [(B, c0, H, W), (B, c1, H/2, W/2), ..., (B, c4, H/16, W/16)] -> logits (B, K, H, W).
+    skips: [(B, c0, H, W), (B, c1, H/4, W/4), ..., (B, c4, H/32, W/32)] -> logits (B, K, H, W).
     A U-Net decoder rather than the paper's MLP head: it restores full resolution step by step
     from the skips, which keeps thin structures (myocardium, pancreas, aorta) and boundaries
     sharp at the small widths a CPU model can afford.
@@ -46,8 +48,8 @@ class Decoder(nn.Module):
     def __init__(self, config: NetConfig):
         super().__init__()
         channels = (config.stem_channels,) + config.widths
-        self.upsample = nn.ModuleList(nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2)
-                                      for i in range(len(config.widths)))
+        self.upsample = nn.ModuleList(nn.ConvTranspose2d(channels[i + 1], channels[i], stride, stride=stride)
+                                      for i, stride in enumerate(config.strides))
         self.blocks = nn.ModuleList(ConvBlock(2 * channels[i], channels[i], config.dropout)
                                     for i in range(len(config.widths)))
         self.head = nn.Conv2d(config.stem_channels, config.num_classes, 1)
@@ -63,7 +65,7 @@ class DualInteractionNet(nn.Module):
     """DIN (Noh, Jeon and Park, 2025) with a U-Net decoder.
 
     forward(image, enhanced): image and enhanced (B, C_in, H, W), any H and W (padded inside
-    to a multiple of 16) -> logits (B, num_classes, H, W). ``enhanced`` is ignored (and may be
+    to a multiple of 32) -> logits (B, num_classes, H, W). ``enhanced`` is ignored (and may be
     None) for the ``single`` variant.
     """
 
