@@ -141,6 +141,9 @@ def test_multiframe_cine_dicom_reads_as_a_time_series(shared_data):
 
 
 def test_dicom_series_folder_reads_like_the_nifti(tmp_path):
+    import locale
+
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the process locale to "C"
     image = sitk.Cast(sitk.ReadImage(str(CT))[:, :, 80:84], sitk.sitkInt16)
     folder = tmp_path / "dicom"
     folder.mkdir()
@@ -156,6 +159,7 @@ def test_dicom_series_folder_reads_like_the_nifti(tmp_path):
         writer.KeepOriginalImageUIDOn()
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
         writer.Execute(plane)
+    locale.setlocale(locale.LC_ALL, saved_locale)
     volume = read_volume(folder)
     assert volume.modality == "CT"
     assert np.array_equal(volume.array, sitk.GetArrayFromImage(image))
@@ -236,7 +240,7 @@ def test_bad_images_fail_cleanly(random_ct_model, tmp_path, capsys, case, messag
 
 
 def test_wrong_weights_checksum_is_refused(random_ct_model, ct_crop, tmp_path, capsys):
-    card = json.loads(Path(random_ct_model).read_text())
+    card = json.loads(Path(random_ct_model).read_text(encoding="utf-8"))
     card["weights"]["sha256"] = "0" * 64
     folder = tmp_path / "tampered"
     folder.mkdir()
@@ -291,7 +295,7 @@ def test_weights_load_without_unpickling_objects(random_ct_model, tmp_path):
     torch.save({"not_a_tensor": __import__("collections").OrderedDict(a=sum)}, evil / "random-ct.pt")
     from dinseg.models import sha256_of
 
-    data = json.loads(Path(random_ct_model).read_text())
+    data = json.loads(Path(random_ct_model).read_text(encoding="utf-8"))
     data["weights"]["sha256"] = sha256_of(evil / "random-ct.pt")
     (evil / "random-ct.json").write_text(json.dumps(data))
     with pytest.raises(Exception, match="Unsupported global|weights_only|GLOBAL"):

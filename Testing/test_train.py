@@ -151,7 +151,7 @@ def test_two_process_distributed_training_gives_identical_weights(phantom, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     digests = dict(re.findall(r"rank (\d) final weights sha256 ([0-9a-f]{64})", result.stderr))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], result.stderr[-2000:]
-    log_lines = (run / "log.txt").read_text().splitlines()
+    log_lines = (run / "log.txt").read_text(encoding="utf-8").splitlines()
     assert sum("epoch 1/1" in line for line in log_lines) == 1, "only rank 0 writes"
     assert len(list((run / "models" / "last").glob("*.pt"))) == 1
 
@@ -163,7 +163,7 @@ def test_evaluate_writes_csv_and_markdown(phantom, tmp_path, capsys):
                  "--device", "cpu", "-o", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "evaluation.csv")))
     assert len(rows) == 6 * 3 and {row["class"] for row in rows} == {"right ventricle", "myocardium", "left ventricle"}
-    markdown = (out / "evaluation.md").read_text()
+    markdown = (out / "evaluation.md").read_text(encoding="utf-8")
     assert "mean ± sd" in markdown and "patient003_frame01" in markdown
     assert "| case |" in capsys.readouterr().out
 
@@ -171,7 +171,7 @@ def test_evaluate_writes_csv_and_markdown(phantom, tmp_path, capsys):
 def test_synth_command_writes_an_acdc_phantom(tmp_path):
     assert main(["synth", str(tmp_path / "p"), "--cases", "2", "--degradation", "severe", "--seed", "3"]) == 0
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["README.txt", "patient001", "patient002"]
-    assert "phantom" in (tmp_path / "p" / "README.txt").read_text().lower()
+    assert "phantom" in (tmp_path / "p" / "README.txt").read_text(encoding="utf-8").lower()
     assert main(["synth", str(tmp_path / "q"), "--degradation", "awful"]) == 2
 
 
@@ -183,7 +183,7 @@ def test_ablation_trains_every_variant_and_tabulates(tmp_path):
     rows = run_ablation(plan)
     assert {(row["variant"], row["test"]) for row in rows} == {(v, t) for v in ("single", "concat", "difm")
                                                                for t in plan.test_degradations}
-    table = (tmp_path / "ablation" / "ablation.md").read_text()
+    table = (tmp_path / "ablation" / "ablation.md").read_text(encoding="utf-8")
     assert "PHANTOM" in table and all(f"| {v} |" in table for v in ("single", "concat", "difm"))
     params = {row["variant"]: row["parameters_m"] for row in rows}
     assert params["single"] < params["concat"] < params["difm"]

@@ -96,7 +96,7 @@ def run_ablation(plan: AblationPlan) -> List[Dict[str, object]]:
                 log.info("ablation %s seed %d on %s: Dice %.4f, HD95 %.2f mm", variant, seed, test_name,
                          rows[-1]["dice"], rows[-1]["hd95"])
     _write_rows(rows, root / "ablation.csv")
-    (root / "ablation.md").write_text(ablation_table(rows, plan))
+    (root / "ablation.md").write_text(ablation_table(rows, plan), encoding="utf-8")
     return rows
 
 
@@ -107,7 +107,7 @@ def _parameters(card) -> int:
 
 
 def _write_rows(rows: Sequence[Dict[str, object]], path: Path) -> None:
-    with open(path, "w", newline="") as stream:
+    with open(path, "w", newline="", encoding="utf-8") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -235,7 +235,7 @@ def run_evaluate(args) -> int:
     if not per_case:
         raise InputError("no labelled case to evaluate")
     report = write_report(per_case, [label.name for label in card.labels], args.output)
-    print(report.read_text())
+    print(report.read_text(encoding="utf-8"))
     print(f"dinseg: wrote {report} and {report.with_suffix('.csv')}", file=sys.stderr)
     return 0
 
@@ -260,7 +260,7 @@ def run_ablation(args) -> int:
 
     plan = plan_from_args(args)
     run_ablation(plan)
-    print((Path(plan.output) / "ablation.md").read_text())
+    print((Path(plan.output) / "ablation.md").read_text(encoding="utf-8"))
     return 0
 
 

@@ -77,14 +77,14 @@ def write_report(per_case: PerCase, class_names: Sequence[str], folder) -> Path:
     """Write ``evaluation.csv`` (one row per case and class) and ``evaluation.md``; returns the markdown path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "evaluation.csv", "w", newline="") as stream:
+    with open(folder / "evaluation.csv", "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
         writer.writerow(["case", "class", "dice", "hd95_mm"])
         for case_id, scores in per_case.items():
             for value, name in enumerate(class_names, start=1):
                 writer.writerow([case_id, name, scores[value]["dice"], scores[value]["hd95"]])
     markdown = folder / "evaluation.md"
-    markdown.write_text(markdown_report(per_case, class_names))
+    markdown.write_text(markdown_report(per_case, class_names), encoding="utf-8")
     return markdown
 
 

@@ -108,7 +108,7 @@ class ModelCard:
         """Write the card JSON (atomically) and return its path."""
         path = Path(path)
         temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         os.replace(temporary, path)
         return path
 
@@ -122,7 +122,7 @@ def load_card(path) -> ModelCard:
             raise ModelError(f"{path}: expected one model card (*.json) in this folder, found {len(cards)}")
         path = cards[0]
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ModelError(f"{path}: cannot read model card ({error})") from None
     return ModelCard.from_dict(data, path=path)
@@ -277,6 +277,6 @@ def import_models(source, destination: Optional[Path] = None) -> List[ModelCard]
 
 def _is_card(path: Path) -> bool:
     try:
-        return json.loads(path.read_text()).get("format") == CARD_FORMAT
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == CARD_FORMAT
     except (OSError, ValueError, AttributeError):
         return False

@@ -119,7 +119,7 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such configuration file")
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
                 import yaml
@@ -410,7 +410,7 @@ class DINTrainingLogic:
             log.setLevel(logging.INFO)
 
     def _write_config(self) -> None:
-        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     def _write_card(self, card: ModelCard, network, which: str, state, started: float) -> None:
         folder = self.run_dir / "models" / which
@@ -451,7 +451,7 @@ class DINTrainingLogic:
         path = self.run_dir / "checkpoint.pt"
         if not path.is_file():
             raise InputError(f"{self.run_dir}: nothing to resume (no checkpoint.pt)")
-        saved = json.loads((self.run_dir / "config.json").read_text())
+        saved = json.loads((self.run_dir / "config.json").read_text(encoding="utf-8"))
         if {k: v for k, v in saved.items() if k != "epochs"} != {k: v for k, v in self.config.to_dict().items()
                                                                if k != "epochs"}:
             raise ConfigError(f"{self.run_dir}: --resume needs the configuration the run started with "
@@ -466,7 +466,7 @@ class DINTrainingLogic:
 
     def _write_metrics(self, history: List[Dict[str, Any]]) -> None:
         columns = list(dict.fromkeys(key for row in history for key in row))
-        with open(self.run_dir / "metrics.csv", "w", newline="") as stream:
+        with open(self.run_dir / "metrics.csv", "w", newline="", encoding="utf-8") as stream:
             writer = csv.DictWriter(stream, fieldnames=columns)
             writer.writeheader()
             writer.writerows(history)

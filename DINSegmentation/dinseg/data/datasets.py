@@ -524,7 +524,7 @@ def _synapse_lists(root: Path) -> Dict[str, List[str]]:
         return splits
     for split, name in (("train", "train.txt"), ("test", "test_vol.txt")):
         if (folder / name).is_file():
-            lines = [line.strip() for line in (folder / name).read_text().splitlines() if line.strip()]
+            lines = [line.strip() for line in (folder / name).read_text(encoding="utf-8").splitlines() if line.strip()]
             # train.txt names slices (case0031_slice000): keep their cases, in order
             splits[split] = list(dict.fromkeys(line.split("_slice")[0] for line in lines))
     return splits
