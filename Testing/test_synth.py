@@ -1,8 +1,6 @@
 """Tests for the synthetic cardiac short-axis phantom generator (dinseg.synth)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -10,13 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
 from dinseg.cli import main
-from dinseg.errors import ConfigError, InputError
+from dinseg.errors import ConfigError
 from dinseg.models import load_card
 from dinseg.synth import write_acdc_phantom
 from dinseg.train import DINTrainingLogic, TrainConfig

@@ -37,8 +37,8 @@ class AblationPlan:
     train_degradation: float = 0.5
     test_degradations: Dict[str, float] = field(default_factory=lambda: {"held-out (0.5)": 0.5,
                                                                         "more degraded (0.85)": 0.85})
-    epochs: int = 6
-    iterations_per_epoch: int = 60
+    epochs: int = 10
+    iterations_per_epoch: int = 100
     batch_size: int = 8
     patch_size: Tuple[int, int] = (96, 96)
     spacing: Tuple[float, float] = (1.5, 1.5)

@@ -68,10 +68,10 @@ def _frame_argument(value: str):
 
 
 def run_segment(args) -> int:
-    from .enhance import EnhanceConfig
-    from .infer import Segmenter, StageTimer, guess_modality
+    from .infer import Segmenter, StageTimer, check_modality
     from .io import check_output_path, read_volume
     from .models import find_model
+    from .preprocess import override_enhancement
     from .segfile import write_segmentation
 
     output = check_output_path(args.output)
@@ -81,11 +81,11 @@ def run_segment(args) -> int:
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
     card = find_model(args.model)
-    enhancement = None
-    if args.enhance:
-        enhancement = EnhanceConfig.from_dict({**card.preprocessing.enhancement.to_dict(), "method": args.enhance})
-        log.warning("enhancing with %s instead of the model's %s; the model was trained with the latter",
-                    args.enhance, card.preprocessing.enhancement.method)
+    trained = card.preprocessing.enhancement
+    enhancement = override_enhancement(trained, args.enhance, args.enhance_strength)
+    if enhancement is not None:
+        log.warning("enhancing with %s at strength %g instead of the model's %s at %g; the model was trained "
+                    "with the latter", enhancement.method, enhancement.strength, trained.method, trained.strength)
     progress = ProgressReporter(args.progress or ("bar" if sys.stderr.isatty() else "none"))
     timer = StageTimer()
     with timer.stage("load model"):
@@ -94,12 +94,7 @@ def run_segment(args) -> int:
                               progress=progress)
     with timer.stage("read"):
         volume = read_volume(source)
-    modality = volume.modality or guess_modality(volume.array)
-    if modality.upper() != card.modality.upper():
-        message = f"the image looks like {modality} but model {card.name} is for {card.modality}"
-        if args.strict:
-            raise InputError(message + " (refused with --strict)")
-        log.warning("%s; the result may be poor", message)
+    check_modality(volume, card, strict=args.strict)
     if volume.is_time_series and args.frames is None and output.name.endswith(".seg.nrrd"):
         raise InputError(f"{args.input} is a time series of {volume.frames} frames; .seg.nrrd holds one "
                          "frame: write .nrrd or .nii.gz for all frames, or choose one with --frames N")
@@ -205,8 +200,9 @@ def run_train(args) -> int:
     from .train import DINTrainingLogic
 
     config = training_config(args)
-    result = DINTrainingLogic(config, progress=EpochProgressBar(), resume=args.resume).run()
-    if int(__import__("os").environ.get("RANK", 0)) == 0:
+    logic = DINTrainingLogic(config, progress=EpochProgressBar(), resume=args.resume)
+    result = logic.run()
+    if logic.distributed.is_main:
         print(f"dinseg: training finished after {result['epochs']} epoch(s); best model card: {result['best_card']}",
               file=sys.stderr)
     return 0
@@ -264,6 +260,25 @@ def run_ablation(args) -> int:
     return 0
 
 
+def run_bench_model(args) -> int:
+    import torch
+
+    from .bench import format_model_table, model_rows
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
+    rows = model_rows(args.size, args.threads, devices, args.presets, args.repeats)
+    print(format_model_table(rows, devices, args.threads, args.size))
+    return 0
+
+
+def run_bench_segment(args) -> int:
+    from .bench import format_segment_table, segment_rows
+
+    rows = segment_rows(args.slices, args.model, args.device, args.threads)
+    print(format_segment_table(rows, args.model, args.device, args.threads))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinseg", description="Dual Interaction Network organ segmentation.")
     parser.add_argument("--version", action="version", version=f"dinseg {__version__}")
@@ -282,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     segment.add_argument("--enhance", choices=("none", "clahe", "gamma", "unsharp"),
                          help="override the model's enhancement (for experiments)")
+    segment.add_argument("--enhance-strength", type=float, metavar="S",
+                         help="override the model's enhancement strength, 0..1 (for experiments)")
     segment.add_argument("--preview", metavar="PNG", help="also write original | enhanced | overlay at three slices")
     segment.add_argument("--frames", type=_frame_argument, default=None, metavar="all|N",
                          help="for a 4D cine: all frames (default) or frame N, counting from 1")
@@ -348,6 +365,22 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     ablation.add_argument("--workers", type=int)
     ablation.set_defaults(handler=run_ablation)
+
+    bench_model = commands.add_parser("bench-model", help="benchmark: parameters, GMACs, latency of every network")
+    bench_model.add_argument("--size", type=int, default=224)
+    bench_model.add_argument("--threads", type=int, default=2)
+    bench_model.add_argument("--presets", nargs="+", default=["light", "medium", "paper"])
+    bench_model.add_argument("--repeats", type=int, default=20)
+    bench_model.add_argument("--cpu-only", action="store_true", help="skip the GPU even if there is one")
+    bench_model.set_defaults(handler=run_bench_model)
+
+    bench_segment = commands.add_parser("bench-segment",
+                                        help="benchmark: per-stage time and peak memory of dinseg segment")
+    bench_segment.add_argument("--slices", nargs="+", type=int, default=[150, 300])
+    bench_segment.add_argument("--model", default="abdomen-ct-light")
+    bench_segment.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    bench_segment.add_argument("--threads", type=int, default=2)
+    bench_segment.set_defaults(handler=run_bench_segment)
     return parser
 
 

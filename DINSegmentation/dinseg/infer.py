@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
@@ -74,6 +73,20 @@ def resolve_device(device: str = "auto"):
 def guess_modality(array: np.ndarray) -> str:
     """'CT' when the image holds Hounsfield-like air (values below -500), else 'MR'."""
     return "CT" if float(array.min()) < -500 else "MR"
+
+
+def check_modality(volume: ImageVolume, card: ModelCard, strict: bool = False, name: str = "the image") -> None:
+    """Warn (or, with ``strict``, refuse) when the image's modality is not the model's.
+
+    The modality comes from the DICOM header when there is one, else from the intensities.
+    """
+    modality = volume.modality or guess_modality(volume.array)
+    if modality.upper() == card.modality.upper():
+        return
+    message = f"{name} looks like {modality} but model {card.name} is for {card.modality}"
+    if strict:
+        raise InputError(message + " (refused with --strict)")
+    log.warning("%s; the result may be poor", message)
 
 
 def available_memory_bytes(device) -> int:
@@ -222,7 +235,3 @@ class Segmenter:
         self.network = self.network.to(self.device)
         return 1
 
-
-def default_threads() -> int:
-    """Threads torch uses on the CPU (respects OMP_NUM_THREADS)."""
-    return int(os.environ.get("OMP_NUM_THREADS", 0)) or __import__("torch").get_num_threads()

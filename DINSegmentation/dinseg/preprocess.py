@@ -7,14 +7,95 @@ except what the card says to compute (e.g. percentiles of this volume).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .enhance import EnhanceConfig
 from .errors import ConfigError
 from .geometry import ORIENTATION_MODES, Geometry, Reorientation, canonical_reorientation, parse_orientation
+
+#: enhancement methods of :func:`dinseg.enhance.enhance`
+METHODS = ("none", "clahe", "gamma", "unsharp")
+
+
+@dataclass
+class EnhanceConfig:
+    """How to enhance an image; validated on construction (ValueError on a bad value)."""
+
+    method: str = "clahe"        # one of METHODS
+    strength: float = 1.0        # out = (1 - strength) * x + strength * enhanced(x); 0..1
+    clip_limit: float = 2.0      # CLAHE clip limit, multiple of the mean bin count per tile
+    tiles: int = 8               # CLAHE tile grid per side (tiles x tiles)
+    bins: int = 256              # CLAHE histogram bins
+    gamma: float = 0.7           # gamma method: out = x ** gamma
+    unsharp_sigma: float = 2.0   # unsharp masking Gaussian sigma, pixels
+    unsharp_amount: float = 1.0  # unsharp: out = clamp(x + amount * (x - blur(x)), 0, 1)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown enhancement method {self.method!r}; expected one of {METHODS}")
+        for name in ("strength", "clip_limit", "gamma", "unsharp_sigma", "unsharp_amount"):
+            setattr(self, name, _as_float(name, getattr(self, name)))
+        for name in ("tiles", "bins"):
+            setattr(self, name, _as_int(name, getattr(self, name)))
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {self.strength}")
+        if self.clip_limit <= 0:
+            raise ValueError(f"clip_limit must be > 0, got {self.clip_limit}")
+        if self.tiles < 1:
+            raise ValueError(f"tiles must be >= 1, got {self.tiles}")
+        if self.bins < 2:
+            raise ValueError(f"bins must be >= 2, got {self.bins}")
+        if self.gamma <= 0:
+            raise ValueError(f"gamma must be > 0, got {self.gamma}")
+        if self.unsharp_sigma <= 0:
+            raise ValueError(f"unsharp_sigma must be > 0, got {self.unsharp_sigma}")
+        if self.unsharp_amount < 0:
+            raise ValueError(f"unsharp_amount must be >= 0, got {self.unsharp_amount}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain dict of all fields (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EnhanceConfig:
+        """Build from a dict; missing keys take defaults, unknown keys raise ValueError."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown EnhanceConfig key(s) {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+
+def override_enhancement(trained: EnhanceConfig, method: Optional[str] = None,
+                         strength: Optional[float] = None) -> Optional[EnhanceConfig]:
+    """A model's enhancement with its method and/or strength replaced; None when nothing changes.
+
+    method None, "" or "model default" keeps the trained method.
+    """
+    changes: Dict[str, Any] = {}
+    if method not in (None, "", "model default"):
+        changes["method"] = method
+    if strength is not None:
+        changes["strength"] = float(strength)
+    config = EnhanceConfig.from_dict({**trained.to_dict(), **changes})
+    return None if config == trained else config
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return value
+
 
 NORMALIZATION_KINDS = ("window", "percentile")
 _PERCENTILE_SAMPLE = 2_000_000

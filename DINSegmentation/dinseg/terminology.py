@@ -113,6 +113,11 @@ def label_infos_for(names: Sequence[str]) -> List[LabelInfo]:
     return labels
 
 
+def segment_id(label: LabelInfo) -> str:
+    """The segment ID of a label in our ``.seg.nrrd`` files and Slicer segmentation nodes."""
+    return f"Segment_{label.value}"
+
+
 #: Context names used in Slicer terminology entries (our shipped terminology file defines the first)
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DINSegmentation"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"

@@ -112,7 +112,3 @@ class DualInteractionNet(nn.Module):
                                     (enhanced_features[stage], enhanced_features[stage + 1])))
         return self.decoder(skips)[:, :, :height, :width]
 
-
-def build_network(config: NetConfig) -> DualInteractionNet:
-    """The network for a configuration (one place to construct it, for training and inference)."""
-    return DualInteractionNet(config)

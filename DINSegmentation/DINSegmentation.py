@@ -1,0 +1,615 @@
+"""DIN Segmentation: organ segmentation in 3D Slicer with the Dual Interaction Network.
+
+The work is done by the ``dinseg`` engine next to this file: ``dinseg.mrml`` holds the MRML
+logic (tested headless against slicer-core), ``dinseg.cli`` runs the network in a child
+process for the GUI. This file is Slicer's scripted-module shell: module description,
+parameter node, widget, logic wrapper and self-test. Python 3.9 syntax (Slicer 5.8); nothing
+heavy is imported at load time (torch, SimpleITK and the engine are imported on first use).
+"""
+
+import logging
+import os
+from typing import Annotated, Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_MODEL = "abdomen-ct-light"
+DEVICE_CHOICES = ["auto", "cpu", "cuda"]
+ENHANCEMENT_CHOICES = ["model default", "none", "clahe", "gamma", "unsharp"]
+#: parameters the widget synchronises itself (the model list is only known at run time)
+MANUALLY_SYNCED_PARAMETERS = ("model",)
+#: Python packages that training needs beyond what Slicer bundles: (import name, requirement)
+TRAINING_PACKAGES = (("monai", "monai>=1.3"), ("scipy", "scipy>=1.8"), ("yaml", "PyYAML>=6"), ("h5py", "h5py>=3"))
+TORCH_REQUIREMENT = ">=2.1"
+
+#: bundled sample images (TotalSegmentator test data, Apache-2.0): (sample name, file, SHA-256)
+SAMPLES = (
+    ("DINAbdomenCT", "abdomen_ct.nii.gz", "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"),
+    ("DINAbdomenMR", "abdomen_mr.nii.gz", "209b46efaff595dd54a9332872e17a722b62654bbb68dbd89acd5090701bbd4f"),
+)
+
+
+#
+# DINSegmentation
+#
+
+
+class DINSegmentation(ScriptedLoadableModule):
+    """Module description (Slicer's ScriptedLoadableModule)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("DIN Segmentation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations", "SegmentEditor", "Sequences", "Terminologies"]
+        self.parent.contributors = ["DINSegmentation developers (https://github.com/dinsegmentation)"]
+        self.parent.helpText = _("""
+<p>Segments abdominal organs (CT, MR) and cardiac structures (cine MR) with the
+<b>Dual Interaction Network (DIN)</b>, a 2D network that reads each slice twice, as acquired and
+contrast-enhanced, and lets the two streams exchange information through cross-image attention.</p>
+<p><b>Use:</b> choose the input volume and a model (hover a model for its classes, training data and
+measured accuracy), optionally preview the contrast enhancement the network sees (original and
+enhanced side by side, linked views), and click <b>Segment</b>. The network runs in the background
+(click again to cancel); the result is a segmentation with named, coloured segments and SNOMED-CT
+terminology. Choose an existing output segmentation to replace its content (<b>Undo replace</b>
+brings it back). <b>Show 3D</b> builds surfaces; <b>Edit in Segment Editor</b> opens the result for
+correction. For a volume sequence (cine), <b>All frames</b> segments every frame into a segmentation
+sequence. Without a GPU, segmentation runs on the CPU.</p>
+<p>Scripting: <code>slicer.util.getModuleLogic("DINSegmentation").segment(volumeNode, model="abdomen-ct-light")</code>;
+training: <code>...train("config.yaml")</code>. Documentation:
+<a href="https://github.com/dinsegmentation/SlicerDINSegmentation">github.com/dinsegmentation/SlicerDINSegmentation</a>.</p>
+<p><b>Please cite:</b> Noh, Jeon and Park, "Dual Interaction Network with Cross-Image Attention for Medical
+Image Segmentation", Pattern Recognition Letters 197 (2025) 332-338,
+<a href="https://arxiv.org/abs/2509.05953">arXiv:2509.05953</a>.</p>
+""")
+        self.parent.acknowledgementText = _("""
+This module implements the Dual Interaction Network of Noh, Jeon and Park (Pattern Recognition Letters 2025).
+The bundled sample images and their reference labels come from the test data of
+<a href="https://github.com/wasserth/TotalSegmentator">TotalSegmentator</a> (Apache License 2.0).
+Built on 3D Slicer, PyTorch and the SlicerPyTorch extension.
+""")
+        slicer.app.connect("startupCompleted()", onStartupCompleted)
+
+
+def onStartupCompleted():
+    """After Slicer has started: register the sample data and load our terminology."""
+    try:
+        registerSampleData()
+    except Exception:
+        logging.exception("DINSegmentation: could not register sample data")
+    try:
+        loadTerminology()
+    except Exception:
+        logging.exception("DINSegmentation: could not load the terminology")
+
+
+def samplePath(fileName):
+    return os.path.join(MODULE_DIR, "dinseg", "assets", "sample", fileName)
+
+
+def registerSampleData():
+    """Add the bundled CT and MR samples to the Sample Data module (local file:// URIs)."""
+    import pathlib
+
+    import SampleData
+
+    category = "DIN Segmentation"
+    if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):  # Slicer 5.12+
+        SampleData.SampleDataLogic.registerCustomSampleDataCategory(category, _("DIN Segmentation"))
+    thumbnail = os.path.join(MODULE_DIR, "Resources", "Icons", "DINSegmentation.png")
+    for sampleName, fileName, sha256 in SAMPLES:
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category=category,
+            sampleName=sampleName,
+            thumbnailFileName=thumbnail,
+            uris=pathlib.Path(samplePath(fileName)).as_uri(),
+            fileNames=sampleName + ".nii.gz",
+            checksums="SHA256:" + sha256,
+            nodeNames=sampleName,
+            loadFileTypes="VolumeFile",
+        )
+
+
+def loadTerminology():
+    """Load our SegmentationCategoryTypeModifier-DINSegmentation.term.json into the Terminologies logic."""
+    from dinseg.mrml import DINSegmentationMRMLLogic
+
+    return DINSegmentationMRMLLogic(slicer.mrmlScene).load_terminology(slicer.modules.terminologies.logic())
+
+
+#
+# DINSegmentationParameterNode
+#
+
+
+@parameterNodeWrapper
+class DINSegmentationParameterNode:
+    """The module's settings, saved with the scene.
+
+    inputVolume - volume to segment (a sequence proxy volume for cine).
+    model - installed model name (the widget fills its combo box from the installed cards).
+    device - auto, cpu or cuda.
+    enhancementMethod, enhancementStrength - enhancement for preview (and segmentation, when not "model default").
+    outputSegmentation - None: create a new segmentation; a node: replace its content.
+    largestComponent, fillHoles - label clean-up.
+    allFrames - sequences: segment every frame (else the current one).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    model: str = DEFAULT_MODEL
+    device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
+    enhancementMethod: Annotated[str, Choice(ENHANCEMENT_CHOICES)] = "model default"
+    enhancementStrength: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
+    outputSegmentation: vtkMRMLSegmentationNode
+    largestComponent: bool = False
+    fillHoles: bool = False
+    allFrames: bool = True
+
+
+#
+# DINSegmentationWidget
+#
+
+
+class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel. Long work runs in a child process (SegmentationJob) polled by a QTimer."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._jobVolume = None
+        self._timer = None
+        self._result = None
+        self._previewNode = None
+
+    # -- set-up ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DINSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = DINSegmentationLogic()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self.onJobTimer)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.undoReplaceButton.connect("clicked(bool)", self.onUndoReplaceButton)
+        self.ui.show3DButton.connect("clicked(bool)", self.onShow3DButton)
+        self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditorButton)
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.setValue(0)
+
+        self.populateModels()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.cancelJob()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        if self._job is None:
+            self.populateModels()  # models may have been imported since
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.cancelJob()
+        self.setParameterNode(None)
+        self._result = None
+        self._previewNode = None
+        self.logic.forget_undo()
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Optional[DINSegmentationParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # widgets with a "SlicerParameterName" property in the .ui are bound here
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+            self.updateGUIFromParameterNode()
+
+    # -- models ------------------------------------------------------------------------------
+    def populateModels(self) -> None:
+        """Fill the model combo box from the installed model cards (tooltip: the card's summary)."""
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        try:
+            from dinseg.models import list_models
+
+            cards = {}
+            for card in list_models():  # keep the highest version of each name
+                if card.name not in cards or _versionKey(card.version) > _versionKey(cards[card.name].version):
+                    cards[card.name] = card
+            for name in sorted(cards):
+                combo.addItem(f"{name} ({cards[name].version})", name)
+                combo.setItemData(combo.count - 1, cards[name].summary(), qt.Qt.ToolTipRole)
+        except ImportError as error:  # PyTorch not installed yet: offer the default model by name
+            logging.info("DINSegmentation: cannot list models yet (%s)", error)
+            combo.addItem(DEFAULT_MODEL, DEFAULT_MODEL)
+            combo.setItemData(0, _("PyTorch will be installed on first use."), qt.Qt.ToolTipRole)
+        if combo.count == 0:
+            combo.addItem(_("(no models installed)"), "")
+        combo.blockSignals(wasBlocked)
+
+    def onModelSelected(self, index) -> None:
+        if self._parameterNode is not None and index >= 0:
+            self._parameterNode.model = self.ui.modelComboBox.itemData(index) or ""
+
+    def _selectModelInCombo(self, name) -> None:
+        combo = self.ui.modelComboBox
+        index = combo.findData(name)
+        if index < 0 and name:
+            combo.addItem(name, name)  # a model named in a saved scene but not installed here
+            index = combo.count - 1
+        if index >= 0 and combo.currentIndex != index:
+            wasBlocked = combo.blockSignals(True)
+            combo.currentIndex = index
+            combo.blockSignals(wasBlocked)
+        summary = (combo.itemData(index, qt.Qt.ToolTipRole) or "") if index >= 0 else ""
+        combo.toolTip = summary
+        self.ui.modelInfoLabel.text = summary
+
+    # -- GUI state ---------------------------------------------------------------------------
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        self._selectModelInCombo(p.model)
+        running = self._job is not None
+        hasInput = p.inputVolume is not None
+        self.ui.segmentButton.enabled = running or (hasInput and bool(p.model))
+        self.ui.previewButton.enabled = hasInput and not running
+        browser = self.logic.sequence_of(p.inputVolume)[0] if hasInput else None
+        self.ui.allFramesCheckBox.enabled = browser is not None and not running
+        self.ui.undoReplaceButton.enabled = not running and self.logic.can_undo_replace(p.outputSegmentation)
+        result = self._resultSegmentation()
+        self.ui.show3DButton.enabled = result is not None and not running
+        self.ui.editInSegmentEditorButton.enabled = result is not None and not running
+
+    def _resultSegmentation(self):
+        """The segmentation node of the last successful run, if it is still in the scene."""
+        result = self._result
+        if result is None or not slicer.mrmlScene.IsNodePresent(result):
+            return None
+        if result.IsA("vtkMRMLSequenceNode"):
+            browser = self.logic.sequences_logic.GetFirstBrowserNodeForSequenceNode(result)
+            return browser.GetProxyNode(result) if browser else None
+        return result
+
+    # -- preview -----------------------------------------------------------------------------
+    def onPreviewButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to preview the enhancement."), waitCursor=True):
+            if not self.logic.ensureTorch():
+                return
+            p = self._parameterNode
+            output = self._previewNode if self._previewNode is not None and \
+                slicer.mrmlScene.IsNodePresent(self._previewNode) else None
+            self._previewNode = self.logic.preview(p.inputVolume, method=p.enhancementMethod,
+                                                   strength=p.enhancementStrength, model=p.model or None,
+                                                   output=output)
+            plan = self.logic.side_by_side(p.inputVolume, self._previewNode)
+            slicer.app.layoutManager().setLayout(plan["layout"])
+            self.logic.show_side_by_side(p.inputVolume, self._previewNode)
+            slicer.util.resetSliceViews()
+
+    # -- segmentation ------------------------------------------------------------------------
+    def onSegmentButton(self) -> None:
+        if self._job is not None:
+            self.cancelJob()
+            self.ui.statusLabel.text = _("Cancelled.")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            if not self.logic.ensureTorch():
+                return
+            p = self._parameterNode
+            method = None if p.enhancementMethod == "model default" else p.enhancementMethod
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.setValue(0)
+            self.ui.elapsedLabel.text = ""
+            self.ui.statusLabel.text = _("Starting...")
+            self._jobVolume = p.inputVolume
+            job = self.logic.create_job(
+                p.inputVolume, model=p.model, device=p.device, enhancement_method=method,
+                enhancement_strength=p.enhancementStrength, largest_component=p.largestComponent,
+                fill_holes=p.fillHoles, output=p.outputSegmentation, all_frames=p.allFrames,
+                temp_root=slicer.app.temporaryPath)
+            job.start()
+            self._job = job
+            self.ui.segmentButton.text = _("Cancel")
+            self._timer.start()
+            self.updateGUIFromParameterNode()
+
+    def onJobTimer(self) -> None:
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        running = job.poll()
+        self.ui.progressBar.setValue(int(round(100 * job.fraction)))
+        self.ui.statusLabel.text = job.stage
+        self.ui.elapsedLabel.text = _("{seconds:.1f} s").format(seconds=job.elapsed)
+        for line in job.read_new_log_lines():
+            self.ui.logTextEdit.appendPlainText(line)
+        if running:
+            return
+        self._timer.stop()
+        self._job = None
+        self.ui.segmentButton.text = _("Segment")
+        try:
+            if job.state == "succeeded":
+                with slicer.util.tryWithErrorDisplay(_("Failed to import the segmentation."), waitCursor=True):
+                    self._result = job.finish()
+                    self._showResult(self._jobVolume)
+                    self.ui.statusLabel.text = _("Done in {seconds:.1f} s.").format(seconds=job.elapsed)
+            else:
+                self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error or job.state)
+                self.ui.logCollapsibleGroupBox.collapsed = False
+                slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=job.error or job.state))
+        finally:
+            self.updateGUIFromParameterNode()
+
+    def _showResult(self, volume) -> None:
+        segmentation = self._resultSegmentation()
+        if segmentation is None:
+            return
+        if self._parameterNode is not None and not self._result.IsA("vtkMRMLSequenceNode"):
+            self._parameterNode.outputSegmentation = segmentation  # a next run replaces it (with undo)
+        display = segmentation.GetDisplayNode()
+        if display is not None:
+            display.SetVisibility(True)
+        if volume is not None and slicer.mrmlScene.IsNodePresent(volume):
+            slicer.util.setSliceViewerLayers(background=volume)
+
+    def cancelJob(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        job, self._job = self._job, None
+        if job is not None:
+            job.cancel()
+            for line in job.read_new_log_lines():
+                self.ui.logTextEdit.appendPlainText(line)
+            self.ui.segmentButton.text = _("Segment")
+            self.ui.progressBar.setValue(0)
+            self.updateGUIFromParameterNode()
+
+    # -- output ------------------------------------------------------------------------------
+    def onUndoReplaceButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to undo."), waitCursor=True):
+            if self.logic.undo_last_replace(self._parameterNode.outputSegmentation):
+                self.ui.statusLabel.text = _("Previous content restored.")
+            self.updateGUIFromParameterNode()
+
+    def onShow3DButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the segmentation in 3D."), waitCursor=True):
+            segmentation = self._resultSegmentation()
+            if segmentation is not None:
+                self.logic.show_3d(segmentation)
+                layoutManager = slicer.app.layoutManager()
+                if layoutManager is not None and layoutManager.threeDViewCount > 0:
+                    layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
+
+    def onEditInSegmentEditorButton(self) -> None:
+        segmentation = self._resultSegmentation()
+        if segmentation is None:
+            return
+        volume = self._jobVolume if self._jobVolume is not None else self._parameterNode.inputVolume
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.SegmentEditorWidget.editor
+        editor.setSegmentationNode(segmentation)
+        if hasattr(editor, "setSourceVolumeNode"):
+            editor.setSourceVolumeNode(volume)
+        else:  # Slicer 5.8 name
+            editor.setMasterVolumeNode(volume)
+
+
+def _versionKey(version):
+    return tuple(int(part) if part.isdigit() else 0 for part in str(version).split("."))
+
+
+#
+# DINSegmentationLogic
+#
+
+
+class DINSegmentationLogic(ScriptedLoadableModuleLogic):
+    """Slicer's module logic: the parameter node, dependency installation, and everything else
+    delegated to :class:`dinseg.mrml.DINSegmentationMRMLLogic`.
+
+    Composition, not multiple inheritance: the MRML logic lives in the engine package
+    (``dinseg.mrml``) so that it runs and is tested outside Slicer, and this file must not import
+    it at load time (it would pull in the engine when Slicer starts and tie module loading to its
+    imports). ``self.mrmlLogic`` is created on first use for ``slicer.mrmlScene``, and any
+    attribute this class does not define is looked up there (``segment``, ``preview``,
+    ``create_job``, ``labels_to_segmentation``, ``undo_last_replace``, ``show_3d``, ...).
+    Methods that run the network first make sure PyTorch (and, for training, its packages) is
+    installed, asking the user.
+    """
+
+    def __init__(self) -> None:
+        self._mrmlLogic = None
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return DINSegmentationParameterNode(super().getParameterNode())
+
+    @property
+    def mrmlLogic(self):
+        if self._mrmlLogic is None or self._mrmlLogic.scene is not slicer.mrmlScene:
+            from dinseg.mrml import DINSegmentationMRMLLogic
+
+            self._mrmlLogic = DINSegmentationMRMLLogic(slicer.mrmlScene)
+        return self._mrmlLogic
+
+    def __getattr__(self, name):
+        # only called for names this class lacks; never for private names or mrmlLogic itself
+        # (an AttributeError inside the property must not recurse through here)
+        if name.startswith("_") or name == "mrmlLogic":
+            raise AttributeError(name)
+        return getattr(self.mrmlLogic, name)
+
+    # -- dependencies (on first use, never at import) ------------------------------------------
+    @staticmethod
+    def ensureTorch() -> bool:
+        """PyTorch through the PyTorch extension (asks before installing); False if the user declines."""
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is not None:
+            return True
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise RuntimeError(_("DIN Segmentation needs the PyTorch extension: install 'PyTorch' in the "
+                                 "Extensions Manager and restart Slicer.")) from None
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                return False
+        return True
+
+    @staticmethod
+    def ensurePackages(packages) -> bool:
+        """Install missing (import name, requirement) pairs after the user agrees; False if declined."""
+        import importlib.util
+
+        missing = [requirement for module, requirement in packages if importlib.util.find_spec(module) is None]
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                _("DIN Segmentation needs these Python packages: {packages}. Install them now?").format(
+                    packages=", ".join(missing)), windowTitle=_("Install Python packages")):
+            return False
+        packaging = getattr(slicer, "packaging", None)
+        if packaging is not None and hasattr(packaging, "pip_ensure"):  # Slicer 5.12+
+            packaging.pip_ensure(missing, prompt_install=False, requester="DINSegmentation")
+        else:
+            slicer.util.pip_install(" ".join(missing))
+        return True
+
+    # -- work that needs the network -----------------------------------------------------------
+    def segment(self, volumeNode, *args, **kwargs):
+        """Segment in this process (see dinseg.mrml.DINSegmentationMRMLLogic.segment)."""
+        if not self.ensureTorch():
+            raise RuntimeError(_("PyTorch is required"))
+        return self.mrmlLogic.segment(volumeNode, *args, **kwargs)
+
+    def segment_sequence(self, browserNode, *args, **kwargs):
+        if not self.ensureTorch():
+            raise RuntimeError(_("PyTorch is required"))
+        return self.mrmlLogic.segment_sequence(browserNode, *args, **kwargs)
+
+    def preview(self, volumeNode, *args, **kwargs):
+        if not self.ensureTorch():
+            raise RuntimeError(_("PyTorch is required"))
+        return self.mrmlLogic.preview(volumeNode, *args, **kwargs)
+
+    def train(self, config, progress=None, resume=False):
+        """Train a DIN model from a TrainConfig, dict or YAML/JSON file (blocking; Python console)."""
+        if not self.ensureTorch() or not self.ensurePackages(TRAINING_PACKAGES):
+            raise RuntimeError(_("PyTorch and the training packages are required"))
+        return self.mrmlLogic.train(config, progress=progress, resume=resume)
+
+
+#
+# DINSegmentationTest
+#
+
+
+class DINSegmentationTest(ScriptedLoadableModuleTest):
+    """Segments the bundled CT sample with the bundled model on the CPU."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_DINSegmentation_CT()
+
+    def test_DINSegmentation_CT(self):
+        import time
+
+        import SampleData
+
+        from dinseg import mrml
+        from dinseg.errors import ModelError
+        from dinseg.models import find_model
+        from dinseg.terminology import SYNAPSE_ORGANS, slicer_terminology_entry
+
+        self.delayDisplay("Loading the CT sample")
+        registerSampleData()
+        volume = SampleData.downloadSample("DINAbdomenCT")
+        self.assertIsNotNone(volume)
+        try:
+            card = find_model(DEFAULT_MODEL)
+        except ModelError as error:
+            self.fail(str(error))
+
+        logic = DINSegmentationLogic()
+        self.assertEqual(logic.load_terminology(slicer.modules.terminologies.logic()),
+                         "Segmentation category and type - DINSegmentation")
+        self.delayDisplay("Segmenting on the CPU")
+        start = time.time()
+        segmentation = logic.segment(volume, model=card, device="cpu")
+        seconds = time.time() - start
+        self.assertLess(seconds, 60.0, "segmentation took too long")
+
+        segments = segmentation.GetSegmentation()
+        names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
+        self.assertEqual(names, list(SYNAPSE_ORGANS))
+        terminologies = slicer.modules.terminologies.logic()
+        for index, label in enumerate(card.labels):
+            tag = mrml.segment_terminology(segments.GetNthSegment(index))
+            self.assertEqual(tag, slicer_terminology_entry(label))
+            entry = slicer.vtkSlicerTerminologyEntry()
+            self.assertTrue(terminologies.DeserializeTerminologyEntry(tag, entry))
+            self.assertEqual(entry.GetTypeObject().GetCodeValue(), label.type.value)
+
+        labels = mrml.segmentation_to_labels(segmentation, volume, card.labels)
+        counts = {label.name: int((labels == label.value).sum()) for label in card.labels}
+        for name, count in counts.items():
+            self.assertGreater(count, 0, f"{name} is empty")
+        self.assertEqual(max(counts, key=counts.get), "liver", f"voxel counts: {counts}")
+        self.delayDisplay(f"Test passed ({seconds:.1f} s)")

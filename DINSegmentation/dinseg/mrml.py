@@ -1,0 +1,972 @@
+"""3D Slicer (MRML) side of the engine: volume nodes in, segmentation nodes out.
+
+Needs Slicer's MRML: desktop 3D Slicer, or Kitware's ``slicer-core`` wheel (headless, used by
+the tests). Everything here is plain Python over MRML: no Qt, no ``slicer.app``, so the same
+code runs in the Slicer GUI (through ``DINSegmentation.DINSegmentationLogic``), in Slicer's
+Python console, in ``Slicer --no-main-window --python-script`` and in pytest.
+
+torch, SimpleITK and monai are imported inside the functions that need them, never at import
+time: loading this module must stay cheap (Slicer imports it at startup to load terminology).
+
+Three ways to segment:
+
+* :meth:`DINSegmentationMRMLLogic.segment`: synchronous, in this process (console, scripts);
+* :class:`SegmentationJob`: the GUI's way; runs ``python -m dinseg.cli segment`` in a child
+  process, reports progress through :meth:`SegmentationJob.poll` and can be cancelled;
+* :meth:`DINSegmentationMRMLLogic.segment_sequence`: every frame (or the current one) of a
+  volume sequence into a segmentation sequence synchronised with the sequence browser.
+
+Conventions: numpy arrays are (z, y, x) = (K, J, I) as in ``slicer.util.arrayFromVolume``;
+the engine's :class:`~dinseg.geometry.Geometry` is LPS, Slicer's matrices are RAS.
+Segment IDs are ``Segment_<label value>``, as in the ``.seg.nrrd`` files the CLI writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .errors import InputError
+from .geometry import Geometry
+from .io import ImageVolume, check_voxels
+from .terminology import TERMINOLOGY_CONTEXT, LabelInfo, segment_id, slicer_terminology_entry
+
+log = logging.getLogger("dinseg")
+
+MODULE_DIR = Path(__file__).resolve().parent.parent
+"""The folder holding the ``dinseg`` package (Slicer's module folder): PYTHONPATH of child processes."""
+TERMINOLOGY_FILE = (Path(__file__).resolve().parent / "assets" / "terminology"
+                    / "SegmentationCategoryTypeModifier-DINSegmentation.term.json")
+DEFAULT_MODEL = "abdomen-ct-light"
+#: enhancement method choices offered by the module; "model default" = the card's own method
+ENHANCEMENT_CHOICES = ("model default", "none", "clahe", "gamma", "unsharp")
+#: display range of enhanced preview volumes (enhanced values 0..1 are scaled to it)
+PREVIEW_RANGE = (0.0, 1000.0)
+BINARY_LABELMAP = "Binary labelmap"
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+# --------------------------------------------------------------------------------------------
+# volumes <-> engine images
+# --------------------------------------------------------------------------------------------
+def matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
+
+
+def ijk_to_ras(volume_node) -> vtk.vtkMatrix4x4:
+    """The volume's IJK-to-RAS matrix (its own, parent transforms not applied)."""
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return matrix
+
+
+def volume_array(volume_node) -> np.ndarray:
+    """A (z, y, x) COPY of a scalar volume's voxels (an InputError for an empty or vector volume)."""
+    name = volume_node.GetName() or volume_node.GetID() or "volume"
+    image = volume_node.GetImageData()
+    if image is None or image.GetPointData() is None or image.GetPointData().GetScalars() is None:
+        raise InputError(f"{name}: the volume has no voxels")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"{name}: has {image.GetNumberOfScalarComponents()} components per voxel "
+                         "(colour or vector volume); a scalar volume is needed")
+    dims = image.GetDimensions()
+    scalars = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return np.array(scalars.reshape(dims[::-1]), copy=True)
+
+
+def volume_to_image(volume_node) -> ImageVolume:
+    """A scalar volume node as the engine's :class:`~dinseg.io.ImageVolume`.
+
+    The array is a copy, (z, y, x); the geometry (LPS) comes from the node's IJKToRAS matrix,
+    so it equals what SimpleITK reports for the file the volume was loaded from. A parent
+    transform is not applied (the output segmentation gets the same parent transform).
+    """
+    array = volume_array(volume_node)
+    geometry = Geometry.from_index_to_ras(matrix_to_numpy(ijk_to_ras(volume_node)), array.shape[::-1])
+    return ImageVolume(array=array, geometry=geometry)
+
+
+def copy_parent_transform(source, target) -> None:
+    """Put ``target`` under the same parent transform as ``source`` (if both are in a scene)."""
+    if hasattr(source, "GetTransformNodeID") and hasattr(target, "SetAndObserveTransformNodeID"):
+        if source.GetScene() is not None and target.GetScene() is source.GetScene():
+            target.SetAndObserveTransformNodeID(source.GetTransformNodeID())
+
+
+# --------------------------------------------------------------------------------------------
+# labels <-> segmentations
+# --------------------------------------------------------------------------------------------
+def segment_terminology(segment) -> str:
+    """A segment's ``TerminologyEntry`` tag ("" if none); Slicer 5.8 has no GetTerminology()."""
+    if hasattr(segment, "GetTerminology"):
+        return segment.GetTerminology()
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), value) else ""
+
+
+def _oriented_labelmap(labels: np.ndarray, ijk_to_ras_matrix: vtk.vtkMatrix4x4):
+    """(z, y, x) uint8 array on the grid of ``ijk_to_ras_matrix`` -> vtkOrientedImageData."""
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(*labels.shape[::-1])
+    image.SetImageToWorldMatrix(ijk_to_ras_matrix)
+    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(labels, dtype=np.uint8).ravel(), deep=True,
+                                         array_type=vtk.VTK_UNSIGNED_CHAR)
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def build_segmentation(labels: np.ndarray, ijk_to_ras_matrix: vtk.vtkMatrix4x4,
+                       label_infos: Sequence[LabelInfo]):
+    """A complete, standalone ``vtkSegmentation`` (in no scene) from a labelmap.
+
+    One segment per model label, in the card's order, even where the label is absent (an
+    empty segment); IDs ``Segment_<value>``, names, colours and terminology tags from the card;
+    all segments share one labelmap layer (as ImportLabelmapToSegmentationNode does with
+    pre-created segment IDs: label value i+1 for the i-th segment). Voxels whose value is not a
+    card label become background. The reference image geometry is the labelmap's grid.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise InputError(f"labels must be a 3D (z, y, x) array, got shape {labels.shape}")
+    # map card label values (any order, gaps allowed) to layer values 1..N
+    lookup = np.zeros(256, dtype=np.uint8)
+    for index, info in enumerate(label_infos):
+        lookup[info.value] = index + 1
+    layer_values = lookup[np.clip(labels, 0, 255).astype(np.uint8)]
+    image = _oriented_labelmap(layer_values, ijk_to_ras_matrix)
+    segmentation = slicer.vtkSegmentation()
+    if hasattr(segmentation, "SetSourceRepresentationName"):
+        segmentation.SetSourceRepresentationName(BINARY_LABELMAP)
+    else:  # Slicer 5.8
+        segmentation.SetMasterRepresentationName(BINARY_LABELMAP)
+    segmentation.SetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
+                                        slicer.vtkSegmentationConverter.SerializeImageGeometry(image))
+    for index, info in enumerate(label_infos):
+        segment = slicer.vtkSegment()
+        segment.SetName(info.name)
+        segment.SetColor(*info.color_float)
+        segment.SetNameAutoGenerated(False)
+        segment.SetColorAutoGenerated(False)
+        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), slicer_terminology_entry(info))
+        segment.SetLabelValue(index + 1)
+        segment.AddRepresentation(BINARY_LABELMAP, image)  # the same image object: one shared layer
+        if not segmentation.AddSegment(segment, segment_id(info)):
+            raise RuntimeError(f"could not add segment {info.name!r}")
+    return segmentation
+
+
+def copy_segmentation(source, target) -> None:
+    """``target.DeepCopy(source)`` for vtkSegmentation, keeping each segment's name/colour
+    "auto-generated" flags (vtkSegment.DeepCopy leaves them at their default, True, which would
+    let Slicer rename or recolour our segments)."""
+    target.DeepCopy(source)
+    for index in range(source.GetNumberOfSegments()):
+        segment = target.GetSegment(source.GetNthSegmentID(index))
+        if segment is not None:
+            segment.SetNameAutoGenerated(source.GetNthSegment(index).GetNameAutoGenerated())
+            segment.SetColorAutoGenerated(source.GetNthSegment(index).GetColorAutoGenerated())
+
+
+def segmentation_to_labels(segmentation_node, reference_volume, label_infos: Optional[Sequence[LabelInfo]] = None
+                           ) -> np.ndarray:
+    """The segments as one (z, y, x) uint8 labelmap on ``reference_volume``'s grid.
+
+    With ``label_infos``: segment ``Segment_<value>`` gets that value (missing segments are
+    skipped). Without: the i-th segment gets i + 1. Later segments win where segments overlap.
+    """
+    segmentation = segmentation_node.GetSegmentation()
+    ids, values = vtk.vtkStringArray(), vtk.vtkIntArray()
+    if label_infos is None:
+        pairs = [(segmentation.GetNthSegmentID(i), i + 1) for i in range(segmentation.GetNumberOfSegments())]
+    else:
+        pairs = [(segment_id(info), info.value) for info in label_infos
+                 if segmentation.GetSegment(segment_id(info)) is not None]
+    for identifier, value in pairs:
+        ids.InsertNextValue(identifier)
+        values.InsertNextValue(value)
+    reference = _oriented_labelmap(np.zeros(volume_array_shape(reference_volume), np.uint8),
+                                   ijk_to_ras(reference_volume))
+    shape = reference.GetDimensions()[::-1]
+    if not pairs:
+        return np.zeros(shape, np.uint8)
+    merged = slicer.vtkOrientedImageData()
+    ok = segmentation_node.GenerateMergedLabelmapForAllSegments(
+        merged, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, reference, ids, values)
+    if not ok:
+        raise RuntimeError(f"{segmentation_node.GetName()}: could not export the segments as a labelmap")
+    extent = merged.GetExtent()
+    if extent[0::2] != (0, 0, 0) or tuple(extent[1::2]) != tuple(s - 1 for s in shape[::-1]):
+        raise RuntimeError(f"unexpected merged labelmap extent {extent}")
+    array = numpy_support.vtk_to_numpy(merged.GetPointData().GetScalars()).reshape(shape)
+    return array.astype(np.uint8)
+
+
+def _card_of(model):
+    """A ModelCard from a card, a card path, a model folder or an installed model name."""
+    from .models import ModelCard, find_model
+
+    return model if isinstance(model, ModelCard) else find_model(model)
+
+
+def _enhancement_from(card, enhancement):
+    """segment()'s ``enhancement`` argument -> EnhanceConfig or None (the card's)."""
+    from .preprocess import EnhanceConfig, override_enhancement
+
+    if enhancement is None or isinstance(enhancement, EnhanceConfig):
+        return enhancement
+    if isinstance(enhancement, str):
+        return override_enhancement(card.preprocessing.enhancement, enhancement)
+    if isinstance(enhancement, dict):
+        return EnhanceConfig.from_dict({**card.preprocessing.enhancement.to_dict(), **enhancement})
+    raise TypeError(f"enhancement must be None, a method name, a dict or an EnhanceConfig, got {enhancement!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# the logic
+# --------------------------------------------------------------------------------------------
+class DINSegmentationMRMLLogic:
+    """Everything the DIN Segmentation module does to a MRML scene, without Qt.
+
+    scene: the vtkMRMLScene to work in (``slicer.mrmlScene`` in Slicer). The module logics it
+    needs (Sequences, Terminologies) are passed in, or found through ``slicer.modules`` when
+    running inside Slicer.
+    """
+
+    def __init__(self, scene, sequences_logic=None, terminologies_logic=None):
+        self.scene = scene
+        self._sequences_logic = sequences_logic
+        self._terminologies_logic = terminologies_logic
+        self._undo: Dict[str, Any] = {}          # segmentation node ID -> vtkSegmentation backup
+        self._segmenter = None                   # (key, Segmenter): weights stay loaded between calls
+        self._training = None
+
+    # -- module logics -----------------------------------------------------------------------
+    @staticmethod
+    def _module_logic(name: str):
+        modules = getattr(slicer, "modules", None)
+        module = getattr(modules, name.lower(), None) if modules is not None else None
+        return module.logic() if module is not None else None
+
+    @property
+    def sequences_logic(self):
+        logic = self._sequences_logic or self._module_logic("Sequences")
+        if logic is None:
+            raise RuntimeError("the Sequences module logic is not available")
+        return logic
+
+    @property
+    def terminologies_logic(self):
+        logic = self._terminologies_logic or self._module_logic("Terminologies")
+        if logic is None:
+            raise RuntimeError("the Terminologies module logic is not available")
+        return logic
+
+    # -- terminology -------------------------------------------------------------------------
+    def load_terminology(self, terminologies_logic=None) -> str:
+        """Load our ``.term.json`` into the Terminologies logic (once); returns its context name."""
+        logic = terminologies_logic or self.terminologies_logic
+        names = vtk.vtkStringArray()
+        logic.GetLoadedTerminologyNames(names)
+        if TERMINOLOGY_CONTEXT in [names.GetValue(i) for i in range(names.GetNumberOfValues())]:
+            return TERMINOLOGY_CONTEXT
+        name = logic.LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
+        if name != TERMINOLOGY_CONTEXT:
+            raise RuntimeError(f"{TERMINOLOGY_FILE}: loaded as {name!r}, expected {TERMINOLOGY_CONTEXT!r}")
+        return name
+
+    # -- models ------------------------------------------------------------------------------
+    @staticmethod
+    def card(model=DEFAULT_MODEL):
+        """The model card for a name, card path or folder (ModelError if unknown)."""
+        return _card_of(model)
+
+    def _get_segmenter(self, card, device: str, enhancement, largest_component: bool, fill_holes: bool,
+                       progress: Optional[ProgressCallback]):
+        from .infer import Segmenter
+
+        key = (str(card.path), card.name, card.version, card.weights.sha256, device,
+               json.dumps(enhancement.to_dict(), sort_keys=True) if enhancement else None,
+               bool(largest_component), bool(fill_holes))
+        if self._segmenter is None or self._segmenter[0] != key:
+            self._segmenter = None  # free the previous network first
+            self._segmenter = (key, Segmenter(card, device=device, enhancement=enhancement,
+                                              largest_component=largest_component, fill_holes=fill_holes))
+        segmenter = self._segmenter[1]
+        segmenter.progress = progress or (lambda stage, done, total: None)
+        return segmenter
+
+    def release_model(self) -> None:
+        """Forget the loaded network (frees its memory)."""
+        self._segmenter = None
+
+    # -- synchronous segmentation ------------------------------------------------------------
+    def segment(self, volume_node, model=DEFAULT_MODEL, device: str = "auto", enhancement=None,
+                largest_component: bool = False, fill_holes: bool = False, output=None,
+                progress: Optional[ProgressCallback] = None):
+        """Segment a scalar volume in this process; returns the segmentation node.
+
+        model: installed name, card path or ModelCard. enhancement: None (the card's), a method
+        name, a dict of EnhanceConfig fields, or an EnhanceConfig. output: None for a new node
+        "<volume> DIN segmentation", or an existing segmentation node whose content is replaced
+        (same node, display node kept; :meth:`undo_last_replace` brings the old content back).
+        progress(stage, done, total) is called as slices are segmented.
+        """
+        from .infer import check_modality
+
+        card = _card_of(model)
+        image = volume_to_image(volume_node)
+        check_voxels(image.array, volume_node.GetName())
+        check_modality(image, card, name=volume_node.GetName())
+        segmenter = self._get_segmenter(card, device, _enhancement_from(card, enhancement),
+                                        largest_component, fill_holes, progress)
+        result = segmenter.segment(image)
+        return self.labels_to_segmentation(result.labels, volume_node, card.labels, output=output)
+
+    def labels_to_segmentation(self, labels: np.ndarray, volume_node, label_infos: Sequence[LabelInfo],
+                               output=None, name: Optional[str] = None):
+        """Put a (z, y, x) labelmap on ``volume_node``'s grid into a segmentation node.
+
+        Builds the complete segmentation first (nothing half-filled reaches the scene), then
+        creates a node (``output`` None; named ``name`` or "<volume> DIN segmentation") or
+        replaces ``output``'s content, keeping a backup for :meth:`undo_last_replace`.
+        The node's reference geometry is the volume's; it gets the volume's parent transform.
+        """
+        expected = volume_array_shape(volume_node)
+        if tuple(np.shape(labels)) != expected:
+            raise InputError(f"labels of shape {np.shape(labels)} do not fit volume "
+                             f"{volume_node.GetName()} of shape {expected}")
+        segmentation = build_segmentation(labels, ijk_to_ras(volume_node), label_infos)
+        if output is None:
+            node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                name or f"{volume_node.GetName()} DIN segmentation")
+            node.CreateDefaultDisplayNodes()
+        else:
+            node = output
+            backup = slicer.vtkSegmentation()
+            copy_segmentation(node.GetSegmentation(), backup)
+            self._undo[node.GetID()] = backup
+        was_modifying = node.StartModify()
+        try:
+            copy_segmentation(segmentation, node.GetSegmentation())
+            if volume_node.GetScene() is not None and volume_node.GetScene() is node.GetScene():
+                node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+            copy_parent_transform(volume_node, node)
+        finally:
+            node.EndModify(was_modifying)
+        return node
+
+    # -- replace / undo ----------------------------------------------------------------------
+    def can_undo_replace(self, segmentation_node) -> bool:
+        return segmentation_node is not None and segmentation_node.GetID() in self._undo
+
+    def undo_last_replace(self, segmentation_node) -> bool:
+        """Give ``segmentation_node`` back the content it had before the last replace; False if none."""
+        if not self.can_undo_replace(segmentation_node):
+            return False
+        backup = self._undo.pop(segmentation_node.GetID())
+        copy_segmentation(backup, segmentation_node.GetSegmentation())
+        return True
+
+    def forget_undo(self) -> None:
+        """Drop all replace backups (e.g. when the scene is closed)."""
+        self._undo.clear()
+
+    # -- display helpers ---------------------------------------------------------------------
+    @staticmethod
+    def show_3d(segmentation_node) -> bool:
+        """Create the closed-surface representation and show it in 3D views."""
+        ok = bool(segmentation_node.CreateClosedSurfaceRepresentation())
+        display = segmentation_node.GetDisplayNode()
+        if display is not None:
+            display.SetVisibility3D(True)
+        return ok
+
+    # -- enhancement preview -----------------------------------------------------------------
+    def preview(self, volume_node, method: str = "clahe", strength: float = 1.0, model=None, output=None):
+        """A new volume "<name> enhanced (<method>)": what the network's enhanced branch sees.
+
+        Intensities are normalised as the model card says (``model`` None: 0.5..99.5 percentile
+        of the volume, and the default EnhanceConfig), the engine's ``enhance()`` is applied
+        slice by slice and the 0..1 result is scaled to 0..1000 for display. With a model,
+        slices are taken along the model's canonical slice axis (axial for abdominal models),
+        without it along K; slices keep their native resolution (the network sees them
+        resampled to the card's spacing). The output has exactly the input's geometry.
+        ``output``: an existing scalar volume node to overwrite instead of a new one.
+        """
+        import torch
+
+        from .enhance import EnhanceConfig, enhance
+        from .preprocess import Normalization, normalize
+
+        image = volume_to_image(volume_node)
+        check_voxels(image.array, volume_node.GetName())
+        if model is not None:
+            card = _card_of(model)
+            bounds = card.preprocessing.normalization.bounds(image.array)
+            base = card.preprocessing.enhancement.to_dict()
+            reorientation = card.preprocessing.reorientation(image.geometry)
+        else:
+            bounds = Normalization("percentile", 0.5, 99.5).bounds(image.array)
+            base = EnhanceConfig().to_dict()
+            reorientation = None
+        if method not in (None, "", "model default"):
+            base["method"] = method
+        base["strength"] = float(strength)
+        config = EnhanceConfig.from_dict(base)
+        slices = reorientation.to_canonical(image.array) if reorientation else image.array
+        enhanced = np.empty(slices.shape, dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, slices.shape[0], 16):
+                chunk = normalize(np.ascontiguousarray(slices[start:start + 16]), bounds)
+                enhanced[start:start + 16] = enhance(torch.from_numpy(chunk).unsqueeze(1), config).squeeze(1).numpy()
+        values = reorientation.from_canonical(enhanced) if reorientation else enhanced
+        values = np.ascontiguousarray(values * (PREVIEW_RANGE[1] - PREVIEW_RANGE[0]) + PREVIEW_RANGE[0],
+                                      dtype=np.float32)
+        name = f"{volume_node.GetName()} enhanced ({config.method})"
+        node = output or self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        if output is not None:
+            node.SetName(name)
+        image_data = vtk.vtkImageData()
+        image_data.SetDimensions(*values.shape[::-1])
+        image_data.GetPointData().SetScalars(numpy_support.numpy_to_vtk(values.ravel(), deep=True,
+                                                                        array_type=vtk.VTK_FLOAT))
+        node.SetIJKToRASMatrix(ijk_to_ras(volume_node))
+        node.SetAndObserveImageData(image_data)
+        copy_parent_transform(volume_node, node)
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        if display is not None:
+            display.AutoWindowLevelOff()
+            display.SetWindowLevelMinMax(*PREVIEW_RANGE)
+        return node
+
+    def side_by_side(self, original, enhanced) -> Dict[str, Any]:
+        """What the widget needs to compare two volumes: layout id and each view's background.
+
+        The widget switches the layout (``slicer.app.layoutManager().setLayout(plan["layout"])``)
+        and then calls :meth:`show_side_by_side` with the same volumes.
+        """
+        return {"layout": slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView,
+                "views": {"Red": original.GetID(), "Yellow": enhanced.GetID()}, "linked": True}
+
+    def show_side_by_side(self, original, enhanced) -> Dict[str, Any]:
+        """Red view = original, Yellow view = enhanced, same orientation, linked slice views.
+
+        Works on MRML nodes only (layout node, slice and slice composite nodes), so the same
+        call works headless; views that do not exist (yet) are skipped.
+        """
+        plan = self.side_by_side(original, enhanced)
+        layout = self.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+        if layout is not None and layout.GetViewArrangement() != plan["layout"]:
+            layout.SetViewArrangement(plan["layout"])
+        slice_nodes = {node.GetLayoutName(): node for node in _nodes_by_class(self.scene, "vtkMRMLSliceNode")}
+        if "Red" in slice_nodes and "Yellow" in slice_nodes:
+            slice_nodes["Yellow"].SetOrientation(slice_nodes["Red"].GetOrientation())
+        for composite in _nodes_by_class(self.scene, "vtkMRMLSliceCompositeNode"):
+            volume_id = plan["views"].get(composite.GetLayoutName())
+            if volume_id is not None:
+                composite.SetBackgroundVolumeID(volume_id)
+                composite.SetForegroundVolumeID(None)
+            composite.SetLinkedControl(True)
+            composite.SetHotLinkedControl(True)
+        return plan
+
+    # -- volume sequences --------------------------------------------------------------------
+    def sequence_of(self, volume_node):
+        """(browser, volume sequence) if ``volume_node`` is the proxy of a sequence browser, else (None, None)."""
+        if volume_node is None or volume_node.GetScene() is None:
+            return None, None
+        try:
+            logic = self.sequences_logic
+        except RuntimeError:
+            return None, None
+        browser = logic.GetFirstBrowserNodeForProxyNode(volume_node)
+        if browser is None:
+            return None, None
+        return browser, browser.GetSequenceNode(volume_node)
+
+    def segment_sequence(self, browser_node, volume_sequence_node=None, model=DEFAULT_MODEL, device: str = "auto",
+                         enhancement=None, largest_component: bool = False, fill_holes: bool = False,
+                         all_frames: bool = True, output_sequence=None,
+                         progress: Optional[ProgressCallback] = None):
+        """Segment the frames of a volume sequence into a segmentation sequence.
+
+        all_frames False: only the browser's current frame (the other items of
+        ``output_sequence`` are kept). The result sequence has the volume sequence's index
+        values, is synchronised with ``browser_node``, and its proxy node (the segmentation
+        shown for the current frame) is ``browser_node.GetProxyNode(result)``.
+        Returns the segmentation sequence node.
+        """
+        card = _card_of(model)
+        sequence = volume_sequence_node or browser_node.GetMasterSequenceNode()
+        if sequence is None or sequence.GetNumberOfDataNodes() == 0:
+            raise InputError(f"{browser_node.GetName()}: the sequence has no frames")
+        frames = self._frame_indices(browser_node, sequence, all_frames)
+        segmenter = self._get_segmenter(card, device, _enhancement_from(card, enhancement),
+                                        largest_component, fill_holes, None)
+        results = {}
+        for count, index in enumerate(frames):
+            frame = sequence.GetNthDataNode(index)
+            image = volume_to_image(frame)
+            check_voxels(image.array, f"{sequence.GetName()} frame {index + 1}")
+            if progress is not None:
+                segmenter.progress = lambda stage, done, total, c=count: progress(
+                    stage, c * total + done, len(frames) * total)
+            results[index] = segmenter.segment(image).labels
+        return self.store_sequence_segmentation(browser_node, sequence, results, card.labels, output_sequence)
+
+    @staticmethod
+    def _frame_indices(browser_node, sequence, all_frames: bool) -> List[int]:
+        if all_frames:
+            return list(range(sequence.GetNumberOfDataNodes()))
+        current = browser_node.GetSelectedItemNumber()
+        return [min(max(current, 0), sequence.GetNumberOfDataNodes() - 1)]
+
+    def store_sequence_segmentation(self, browser_node, volume_sequence, labels_by_frame: Dict[int, np.ndarray],
+                                    label_infos: Sequence[LabelInfo], output_sequence=None):
+        """Write per-frame labelmaps into a segmentation sequence synchronised with the browser.
+
+        labels_by_frame: volume-sequence item number -> (z, y, x) labels on that frame's grid.
+        All items are built before the scene is touched.
+        """
+        items = []
+        for index, labels in sorted(labels_by_frame.items()):
+            frame = volume_sequence.GetNthDataNode(index)
+            if tuple(np.shape(labels)) != volume_array_shape(frame):
+                raise InputError(f"frame {index + 1}: labels of shape {np.shape(labels)} do not fit the frame")
+            node = slicer.vtkMRMLSegmentationNode()
+            copy_segmentation(build_segmentation(labels, ijk_to_ras(frame), label_infos), node.GetSegmentation())
+            items.append((volume_sequence.GetNthIndexValue(index), node))
+        if output_sequence is None:
+            output_sequence = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode",
+                                                           f"{volume_sequence.GetName()} DIN segmentation")
+            output_sequence.SetIndexName(volume_sequence.GetIndexName())
+            output_sequence.SetIndexUnit(volume_sequence.GetIndexUnit())
+            output_sequence.SetIndexType(volume_sequence.GetIndexType())
+        for index_value, node in items:
+            output_sequence.SetDataNodeAtValue(node, index_value)
+        if not browser_node.IsSynchronizedSequenceNode(output_sequence, True):
+            browser_node.AddSynchronizedSequenceNode(output_sequence)
+        self.sequences_logic.UpdateProxyNodesFromSequences(browser_node)
+        proxy = browser_node.GetProxyNode(output_sequence)
+        if proxy is not None and proxy.GetDisplayNode() is None:
+            proxy.CreateDefaultDisplayNodes()
+        return output_sequence
+
+    # -- background job ----------------------------------------------------------------------
+    def create_job(self, volume_node, model=DEFAULT_MODEL, device: str = "auto",
+                   enhancement_method: Optional[str] = None, enhancement_strength: Optional[float] = None,
+                   largest_component: bool = False, fill_holes: bool = False, output=None,
+                   all_frames: bool = False, python: Optional[str] = None,
+                   temp_root: Optional[str] = None) -> "SegmentationJob":
+        """A :class:`SegmentationJob` for this volume (a sequence proxy: its frames), not started."""
+        return SegmentationJob(self, volume_node, model=model, device=device, enhancement_method=enhancement_method,
+                               enhancement_strength=enhancement_strength, largest_component=largest_component,
+                               fill_holes=fill_holes, output=output, all_frames=all_frames, python=python,
+                               temp_root=temp_root)
+
+    # -- training ----------------------------------------------------------------------------
+    def train(self, config, progress=None, resume: bool = False) -> Dict[str, Any]:
+        """Train a DIN model (blocking), with :class:`dinseg.train.DINTrainingLogic`.
+
+        config: a TrainConfig, a dict of its fields, or a YAML/JSON file. Returns the training
+        summary ({"best_card", "last_card", "best_dice", "epochs"}); the cards can be passed as
+        ``model`` to :meth:`segment`. :meth:`cancel_training` (e.g. from a progress callback)
+        stops at the next step.
+        """
+        from .train import DINTrainingLogic, TrainConfig
+
+        if isinstance(config, TrainConfig):
+            pass
+        elif isinstance(config, dict):
+            config = TrainConfig.from_dict(config)
+        else:
+            config = TrainConfig.from_file(config)
+        self._training = DINTrainingLogic(config, progress=progress, resume=resume)
+        try:
+            return self._training.run()
+        finally:
+            self._training = None
+
+    def cancel_training(self) -> None:
+        if self._training is not None:
+            self._training.cancel()
+
+
+def volume_array_shape(volume_node):
+    """(z, y, x) shape of a volume's voxel array."""
+    image = volume_node.GetImageData()
+    if image is None:
+        raise InputError(f"{volume_node.GetName()}: the volume has no voxels")
+    return tuple(image.GetDimensions()[::-1])
+
+
+def _nodes_by_class(scene, class_name: str) -> List[Any]:
+    return [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
+
+
+# --------------------------------------------------------------------------------------------
+# background segmentation through the CLI
+# --------------------------------------------------------------------------------------------
+def default_python() -> str:
+    """The Python to run the CLI with: Slicer's PythonSlicer inside Slicer, else this interpreter."""
+    if hasattr(slicer, "app"):
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+    return sys.executable
+
+
+class JobState:
+    """States of a :class:`SegmentationJob`."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    FINISHED = "finished"
+
+
+class SegmentationJob:
+    """Segment a volume in a child process (``python -m dinseg.cli segment``), no Qt needed.
+
+    Typical use (the widget drives :meth:`poll` from a ``qt.QTimer``)::
+
+        job = SegmentationJob(logic, volume).start()
+        while job.poll():                 # parse progress; True while the process runs
+            show(job.fraction, job.stage, job.read_new_log_lines(), job.elapsed)
+        node = job.finish()               # import the result (raises if the job failed)
+
+    :meth:`cancel` kills the process group and removes the temporary folder; the scene is not
+    touched until :meth:`finish`. A failed job's one-line reason is :attr:`error`.
+    A sequence proxy volume with ``all_frames`` is written as a 4D image, segmented in one run,
+    and imported as a segmentation sequence (``all_frames`` False: the current frame only).
+    """
+
+    ERROR_PREFIX = "dinseg: error: "
+
+    def __init__(self, logic: DINSegmentationMRMLLogic, volume_node, model=DEFAULT_MODEL, device: str = "auto",
+                 enhancement_method: Optional[str] = None, enhancement_strength: Optional[float] = None,
+                 largest_component: bool = False, fill_holes: bool = False, output=None,
+                 all_frames: bool = False, python: Optional[str] = None, temp_root: Optional[str] = None,
+                 extra_args: Sequence[str] = ()):
+        self.logic = logic
+        self.volume_node = volume_node
+        self.card = _card_of(model)
+        self.device = device
+        self.enhancement_method = None if enhancement_method in (None, "", "model default") else enhancement_method
+        self.enhancement_strength = enhancement_strength
+        self.largest_component = largest_component
+        self.fill_holes = fill_holes
+        self.output = output
+        self.python = python or default_python()
+        self.temp_root = temp_root
+        self.extra_args = list(extra_args)
+        self.browser, self.sequence = logic.sequence_of(volume_node)
+        self.all_frames = bool(all_frames and self.sequence is not None)
+        self.state = JobState.CREATED
+        self.fraction = 0.0
+        self.stage = ""
+        self.error: Optional[str] = None
+        self.returncode: Optional[int] = None
+        self.log_lines: List[str] = []
+        self.result = None
+        self.temp_dir: Optional[Path] = None
+        self.process: Optional[subprocess.Popen] = None
+        self._log_read = 0
+        self._queue: "queue.Queue" = queue.Queue()
+        self._open_streams = 0
+        self._started = None
+        self._ended = None
+        self._frame = None
+        self._input_path: Optional[Path] = None
+        self._output_path: Optional[Path] = None
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.state == JobState.RUNNING
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since start (frozen when the process ended)."""
+        if self._started is None:
+            return 0.0
+        return (self._ended or time.monotonic()) - self._started
+
+    def read_new_log_lines(self) -> List[str]:
+        lines = self.log_lines[self._log_read:]
+        self._log_read = len(self.log_lines)
+        return lines
+
+    def command(self) -> List[str]:
+        """The CLI command line (valid after :meth:`start` wrote the input)."""
+        args = [self.python, "-m", "dinseg.cli", "segment", str(self._input_path), "-o", str(self._output_path),
+                "--model", str(self.card.path or self.card.name), "--device", self.device, "--progress", "json"]
+        if self.enhancement_method:
+            args += ["--enhance", self.enhancement_method]
+        if self.enhancement_strength is not None:
+            args += ["--enhance-strength", f"{self.enhancement_strength:g}"]
+        if self.largest_component:
+            args.append("--largest-component")
+        if self.fill_holes:
+            args.append("--fill-holes")
+        return args + self.extra_args
+
+    def _log(self, line: str) -> None:
+        self.log_lines.append(line)
+
+    # -- start -------------------------------------------------------------------------------
+    def start(self) -> "SegmentationJob":
+        """Write the input to a temporary folder and launch the CLI."""
+        if self.state != JobState.CREATED:
+            raise RuntimeError(f"the job was already started ({self.state})")
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="DINSegmentation-", dir=self.temp_root))
+        try:
+            self._write_input()
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join([str(MODULE_DIR)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+            env["PYTHONUNBUFFERED"] = "1"
+            kwargs: Dict[str, Any] = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                          text=True, encoding="utf-8", errors="replace", bufsize=1, env=env,
+                                          cwd=str(self.temp_dir))
+            if os.name == "nt":
+                kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | 0x08000000  # CREATE_NO_WINDOW
+            else:
+                kwargs["start_new_session"] = True  # own process group: cancel kills launcher and children
+            command = self.command()
+            self._log("$ " + " ".join(command))
+            self._started = time.monotonic()
+            self.process = subprocess.Popen(command, **kwargs)
+        except Exception:
+            self._remove_temp_dir()
+            raise
+        self.state = JobState.RUNNING
+        self.stage = "starting"
+        for stream, tag in ((self.process.stdout, "out"), (self.process.stderr, "err")):
+            self._open_streams += 1
+            threading.Thread(target=self._reader, args=(stream, tag), daemon=True).start()
+        return self
+
+    def _write_input(self) -> None:
+        if self.all_frames:
+            frames = [self.sequence.GetNthDataNode(i) for i in range(self.sequence.GetNumberOfDataNodes())]
+            images = [volume_to_image(frame) for frame in frames]
+            first = images[0]
+            for number, image in enumerate(images[1:], start=2):
+                if not image.geometry.matches(first.geometry):
+                    raise InputError(f"{self.sequence.GetName()}: frame {number} has another geometry than "
+                                     "frame 1; segment the frames one by one")
+            from .io import write_image
+
+            self._input_path = self.temp_dir / "input-frames.nrrd"
+            write_image(self._input_path, np.stack([image.array for image in images]), first.geometry,
+                        frame_spacing=1.0, compress=False)
+            self._output_path = self.temp_dir / "output-labels.nrrd"
+            return
+        self._frame = None if self.sequence is None else \
+            DINSegmentationMRMLLogic._frame_indices(self.browser, self.sequence, False)[0]
+        volume = self.volume_node if self._frame is None else self.sequence.GetNthDataNode(self._frame)
+        volume_array_shape(volume)
+        self._input_path = self.temp_dir / "input-volume.nrrd"
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()  # standalone: the scene is not touched
+        storage.SetFileName(str(self._input_path))
+        storage.SetUseCompression(False)
+        if not storage.WriteData(volume):
+            raise RuntimeError(f"{self.volume_node.GetName()}: could not write the volume to {self._input_path}")
+        self._output_path = self.temp_dir / "output-labels.nrrd"
+
+    def _reader(self, stream, tag: str) -> None:
+        try:
+            for line in stream:
+                self._queue.put((tag, line.rstrip("\r\n")))
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._queue.put((tag, None))
+
+    # -- poll --------------------------------------------------------------------------------
+    def poll(self) -> bool:
+        """Handle the child's output so far; True while it runs. Call it often (GUI timer, loop)."""
+        if self.state != JobState.RUNNING:
+            return False
+        while True:
+            try:
+                tag, line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._open_streams -= 1
+            elif tag == "out":
+                self._handle_stdout(line)
+            else:
+                self._handle_stderr(line)
+        if self._open_streams > 0 or self.process.poll() is None:
+            return True
+        self._ended = time.monotonic()
+        self.returncode = self.process.wait()
+        if self.returncode == 0 and self._output_path is not None and self._output_path.is_file():
+            self.state = JobState.SUCCEEDED
+            self.fraction = 1.0
+            self.stage = "done"
+        else:
+            self.state = JobState.FAILED
+            if not self.error:
+                tail = [line for line in self.log_lines if line.strip()][-1:]
+                self.error = (f"the segmentation process ended with status {self.returncode}"
+                              + (f": {tail[0]}" if tail else ""))
+            self.stage = "failed"
+            self._remove_temp_dir()
+        return False
+
+    def _handle_stdout(self, line: str) -> None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            self._log(line)
+            return
+        if not isinstance(event, dict):
+            self._log(line)
+        elif event.get("event") == "progress":
+            total = max(int(event.get("total", 1)), 1)
+            self.fraction = min(max(int(event.get("done", 0)) / total, 0.0), 1.0)
+            self.stage = f"{event.get('stage', '')} {event.get('done')}/{total}"
+        elif event.get("event") == "done":
+            self.stage = "writing result"
+            self._log(f"done in {sum((event.get('seconds') or {}).values()):.1f} s")
+        else:
+            self._log(line)
+
+    def _handle_stderr(self, line: str) -> None:
+        self._log(line)
+        if line.startswith(self.ERROR_PREFIX):
+            message = line[len(self.ERROR_PREFIX):]
+            if self._input_path is not None:
+                message = message.replace(str(self._input_path), self.volume_node.GetName() or "input volume")
+            self.error = message
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> bool:
+        """Poll until the process ends (True) or ``timeout`` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(interval)
+        return True
+
+    # -- cancel ------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop the child process (and its children) and remove the temporary folder."""
+        if self.state not in (JobState.RUNNING, JobState.SUCCEEDED, JobState.CREATED):
+            return
+        process = self.process
+        if process is not None and process.poll() is None:
+            _kill_process_tree(process)
+        if process is not None:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.warning("segmentation process %d did not stop", process.pid)
+            if process.poll() is not None and os.name != "nt":
+                try:  # children that outlived the leader (same process group)
+                    os.killpg(process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self.state = JobState.CANCELLED
+        self.stage = "cancelled"
+        self._ended = self._ended or (time.monotonic() if self._started else None)
+        self._remove_temp_dir()
+
+    def _remove_temp_dir(self) -> None:
+        if self.temp_dir is not None and self.temp_dir.exists():
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    # -- finish ------------------------------------------------------------------------------
+    def finish(self):
+        """Import the result into the scene; returns the segmentation node (or sequence node).
+
+        Raises RuntimeError with :attr:`error` if the job failed or was cancelled.
+        """
+        if self.state == JobState.FINISHED:
+            return self.result
+        if self.state == JobState.RUNNING:
+            raise RuntimeError("the segmentation is still running")
+        if self.state != JobState.SUCCEEDED:
+            raise RuntimeError(self.error or f"the segmentation was {self.state}")
+        try:
+            labels = _read_labels(self._output_path)
+            if self.all_frames:
+                if labels.ndim != 4 or labels.shape[0] != self.sequence.GetNumberOfDataNodes():
+                    raise RuntimeError(f"unexpected result of shape {labels.shape} for "
+                                       f"{self.sequence.GetNumberOfDataNodes()} frames")
+                self.result = self.logic.store_sequence_segmentation(
+                    self.browser, self.sequence, dict(enumerate(labels)), self.card.labels,
+                    output_sequence=self._output_sequence())
+            elif self._frame is not None:
+                self.result = self.logic.store_sequence_segmentation(
+                    self.browser, self.sequence, {self._frame: labels}, self.card.labels,
+                    output_sequence=self._output_sequence())
+            else:
+                if self.volume_node.GetScene() is None:
+                    raise RuntimeError("the input volume was removed from the scene")
+                output = self.output if (self.output is not None and self.output.GetScene() is not None
+                                         and self.output.IsA("vtkMRMLSegmentationNode")) else None
+                self.result = self.logic.labels_to_segmentation(labels, self.volume_node, self.card.labels,
+                                                                output=output)
+            self.state = JobState.FINISHED
+            return self.result
+        finally:
+            self._remove_temp_dir()
+
+    def _output_sequence(self):
+        """The segmentation sequence to fill: ``output`` if it is one, else a new one."""
+        if self.output is not None and self.output.IsA("vtkMRMLSequenceNode"):
+            return self.output
+        if self.output is not None and self.browser is not None:
+            for sequence in _nodes_by_class(self.logic.scene, "vtkMRMLSequenceNode"):
+                if self.browser.GetProxyNode(sequence) is self.output:
+                    return sequence
+        return None
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.uint8)
+
+
+def _kill_process_tree(process: subprocess.Popen) -> None:
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True)
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            process.kill()
+
