@@ -324,3 +324,20 @@ def test_model_import_installs_a_checked_model(random_ct_model, tmp_path, monkey
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert "random-ct" in listing and load_card(random_ct_model).weights.sha256[:12] in listing
+
+
+def test_model_cards_are_listed_without_importing_torch():
+    """The Slicer module lists models before PyTorch is installed."""
+    code = "import sys; import dinseg.models as m, dinseg.cli; m.list_models(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_enhancement_override_changes_the_input_and_warns(random_ct_model, ct_crop, tmp_path, capsys):
+    plain, weak = tmp_path / "plain.nii.gz", tmp_path / "weak.nii.gz"
+    assert _segment(random_ct_model, ct_crop, plain, "--enhance-strength", "1") == 0
+    assert "instead of the model's" not in capsys.readouterr().err  # same as the card: no override
+    assert _segment(random_ct_model, ct_crop, weak, "--enhance", "gamma", "--enhance-strength", "0.5") == 0
+    assert "enhancing with gamma at strength 0.5" in capsys.readouterr().err
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in (plain, weak))
+    assert not np.array_equal(a, b)
