@@ -186,3 +186,12 @@ def test_ablation_trains_every_variant_and_tabulates(tmp_path):
     assert "PHANTOM" in table and all(f"| {v} |" in table for v in ("single", "concat", "difm"))
     params = {row["variant"]: row["parameters_m"] for row in rows}
     assert params["single"] < params["concat"] < params["difm"]
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda path: path.stem)
+def test_shipped_training_recipes_are_valid(config):
+    parsed = TrainConfig.from_file(config)
+    parsed.preprocessing()
+    parsed.loss()
+    assert parsed.model_name and parsed.data_description
