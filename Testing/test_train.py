@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -195,3 +196,22 @@ def test_shipped_training_recipes_are_valid(config):
     parsed.preprocessing()
     parsed.loss()
     assert parsed.model_name and parsed.data_description
+
+
+def test_random_canvas_cuts_the_same_square_from_image_and_labels():
+    from dinseg.train import random_canvas
+
+    image = torch.arange(2 * 64 * 64, dtype=torch.float32).reshape(2, 1, 64, 64)
+    labels = image[:, 0].long()
+    sides = set()
+    for step in range(20):
+        cut_image, cut_labels = random_canvas(image, labels, (24, 48), np.random.default_rng([0, 0, step]))
+        sides.add(cut_image.shape[-1])
+        assert cut_image.shape[-2:] == cut_labels.shape[-2:] and cut_image.shape[-1] == cut_image.shape[-2]
+        assert torch.equal(cut_image[:, 0].long(), cut_labels)
+    assert len(sides) > 3 and min(sides) >= 24 and max(sides) <= 48
+    again = random_canvas(image, labels, (24, 48), np.random.default_rng([0, 0, 5]))[0]
+    assert torch.equal(again, random_canvas(image, labels, (24, 48), np.random.default_rng([0, 0, 5]))[0])
+    assert random_canvas(image, labels, (0, 0), np.random.default_rng(0))[0] is image
+    with pytest.raises(ConfigError, match="canvas_range"):
+        TrainConfig(patch_size=(64, 64), canvas_range=(32, 96))

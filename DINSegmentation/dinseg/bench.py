@@ -192,3 +192,86 @@ def format_segment_table(rows: List[Dict], model: str, device: str, threads: int
         lines.append("| " + " | ".join([str(row["slices"])] + [f"{seconds[s]:.2f}" for s in stages] +
                                        [f"{total:.2f}", f"{100 * outside:.0f} %", f"{row['peak_rss_gb']:.2f}"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+SAMPLE_CT_LABELS = SAMPLE_CT.with_name("abdomen_ct_totalsegmentator_labels.nii.gz")
+
+
+def _resample_pair(image, labels, size, spacing, direction, origin):
+    import SimpleITK as sitk
+
+    def resample(source, interpolator, fill, pixel):
+        return sitk.Resample(source, size, sitk.Transform(), interpolator, origin, spacing, direction, fill, pixel)
+
+    return (resample(image, sitk.sitkLinear, -1024, sitk.sitkInt16),
+            resample(labels, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+
+
+def storage_variants(image, labels, names=None):
+    """The same anatomy stored as real scans come: flipped or permuted axes, 0.7-1.0 mm 512 x 512
+    in-plane grids, an oblique (rotated) grid. {name: (image, labels)} as SimpleITK images."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    lps = sitk.DICOMOrient(image, "LPS")
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+
+    def grid(spacing, size, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)):
+        matrix = np.asarray(direction).reshape(3, 3)
+        shape = (size, size, image.GetSize()[2])
+        spacings = (spacing, spacing, image.GetSpacing()[2])
+        origin = np.asarray(centre) - matrix @ ((np.asarray(shape) - 1) / 2 * np.asarray(spacings))
+        return shape, spacings, tuple(direction), tuple(origin)
+
+    angle = np.deg2rad(15)
+    rotation = (np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1)
+    builders = {
+        "as stored (3 mm, direction -1,-1,1)": lambda: (image, labels),
+        "axes flipped (identity direction)": lambda: (lps, sitk.DICOMOrient(labels, "LPS")),
+        "axes permuted (x, y swapped)": lambda: (sitk.PermuteAxes(image, [1, 0, 2]), sitk.PermuteAxes(labels, [1, 0, 2])),
+        "0.7 mm, 512 x 512 in-plane": lambda: _resample_pair(image, labels, *grid(0.7, 512)),
+        "1.0 mm, 512 x 512 in-plane": lambda: _resample_pair(image, labels, *grid(1.0, 512)),
+        "oblique: in-plane axes rotated 15 degrees, 0.8 mm": lambda: _resample_pair(image, labels,
+                                                                                 *grid(0.8, 480, rotation)),
+    }
+    return {name: build() for name, build in builders.items() if names is None or name in names}
+
+
+def robustness_rows(model: str, device: str = "cpu", names=None) -> List[Dict]:
+    """Segment each storage variant of the bundled CT; mean Dice against its (moved) labels."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .infer import Segmenter
+    from .io import ImageVolume
+    from .geometry import Geometry
+    from .metrics import dice_and_hd95
+    from .models import find_model
+
+    card = find_model(model)
+    segmenter = Segmenter(card, device=device)
+    image, labels = sitk.ReadImage(str(SAMPLE_CT)), sitk.ReadImage(str(SAMPLE_CT_LABELS))
+    rows = []
+    for name, (variant, truth) in storage_variants(image, labels, names).items():
+        volume = ImageVolume(array=sitk.GetArrayFromImage(variant), geometry=Geometry.from_sitk(variant))
+        started = time.perf_counter()
+        prediction = segmenter.segment(volume).labels
+        seconds = time.perf_counter() - started
+        scores = dice_and_hd95(prediction, sitk.GetArrayFromImage(truth), variant.GetSpacing()[::-1],
+                               card.num_classes)
+        dice = {card.labels[value - 1].name: score["dice"] for value, score in scores.items()}
+        rows.append({"variant": name, "size": "x".join(map(str, variant.GetSize())),
+                     "mean_dice": float(np.nanmean(list(dice.values()))), "dice": dice, "seconds": seconds})
+    return rows
+
+
+def format_robustness_table(rows: List[Dict], model: str) -> str:
+    organs = list(rows[0]["dice"])
+    header = ["stored as", "voxels"] + organs + ["mean Dice", "seconds"]
+    lines = [f"model {model}; the TRAINING patient (bundled CT) stored in other ways, scored against its "
+             "TotalSegmentator labels moved the same way", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join([row["variant"], row["size"]] + [f"{row['dice'][o]:.3f}" for o in organs]
+                                       + [f"{row['mean_dice']:.3f}", f"{row['seconds']:.1f}"]) + " |")
+    return "\n".join(lines) + "\n"

@@ -279,6 +279,13 @@ def run_bench_segment(args) -> int:
     return 0
 
 
+def run_bench_robustness(args) -> int:
+    from .bench import format_robustness_table, robustness_rows
+
+    print(format_robustness_table(robustness_rows(args.model, args.device), args.model))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinseg", description="Dual Interaction Network organ segmentation.")
     parser.add_argument("--version", action="version", version=f"dinseg {__version__}")
@@ -381,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_segment.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
     bench_segment.add_argument("--threads", type=int, default=2)
     bench_segment.set_defaults(handler=run_bench_segment)
+
+    bench_robustness = commands.add_parser(
+        "bench-robustness", help="benchmark: the bundled CT stored in other orientations and resolutions")
+    bench_robustness.add_argument("--model", default="abdomen-ct-light")
+    bench_robustness.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    bench_robustness.set_defaults(handler=run_bench_robustness)
     return parser
 
 

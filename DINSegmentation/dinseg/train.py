@@ -65,6 +65,9 @@ class TrainConfig:
     enhancement: Dict[str, Any] = field(default_factory=lambda: {"method": "clahe"})
     augmentation: Dict[str, Any] = field(default_factory=dict)  # dinseg.data.sampling.Augmentation fields
     patch_size: Tuple[int, int] = (224, 224)
+    # random square canvas per batch, cut from the patch (model-grid pixels): field-of-view
+    # augmentation, so that scans with more or less air around the body look familiar; (0, 0) = off
+    canvas_range: Tuple[int, int] = (0, 0)
     batch_size: int = 8
     epochs: int = 100
     iterations_per_epoch: int = 250
@@ -92,6 +95,11 @@ class TrainConfig:
             raise ConfigError("batch_size, epochs and iterations_per_epoch must be at least 1")
         self.spacing = tuple(float(s) for s in self.spacing)
         self.patch_size = tuple(int(s) for s in self.patch_size)
+        self.canvas_range = tuple(int(s) for s in self.canvas_range)
+        low, high = self.canvas_range
+        if (low, high) != (0, 0) and not 16 <= low <= high <= min(self.patch_size):
+            raise ConfigError(f"canvas_range must lie within 16..{min(self.patch_size)} (the patch), "
+                              f"got {list(self.canvas_range)}")
         self.assumed_spacing = tuple(float(s) for s in self.assumed_spacing)
         self.label_map = {str(k): int(v) for k, v in self.label_map.items()}
 
@@ -157,6 +165,19 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
     if config.schedule == "cosine":
         return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
     return config.lr * (1 - progress) ** 0.9
+
+
+def random_canvas(image, target, canvas_range: Tuple[int, int], rng: np.random.Generator):
+    """Cut a random square of random side in ``canvas_range`` from a batch (the same for all of it).
+
+    image (B, 1, H, W), target (B, H, W) -> (B, 1, s, s), (B, s, s); unchanged when the range is (0, 0).
+    """
+    if canvas_range == (0, 0):
+        return image, target
+    side = int(rng.integers(canvas_range[0], canvas_range[1] + 1))
+    top = int(rng.integers(0, image.shape[-2] - side + 1))
+    left = int(rng.integers(0, image.shape[-1] - side + 1))
+    return image[..., top:top + side, left:left + side], target[..., top:top + side, left:left + side]
 
 
 @dataclass
@@ -336,8 +357,10 @@ class DINTrainingLogic:
                     return self._summary(state)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(config, state["iteration"])
-                image = batch["image"].to(device, non_blocking=True)
-                target = batch["label"].to(device, non_blocking=True)
+                image, target = random_canvas(batch["image"], batch["label"], config.canvas_range,
+                                              np.random.default_rng([config.seed, epoch, step]))
+                image = image.to(device, non_blocking=True)
+                target = target.to(device, non_blocking=True)
                 enhanced = enhance(image, preprocessing.enhancement) if network.uses_enhanced else None
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                     logits = model(image, enhanced)
