@@ -127,8 +127,12 @@ def test_write_acdc_phantom_layout(tmp_path):
     root = tmp_path / "acdc"
     assert folders == [root / "patient005", root / "patient006"]
     assert sorted(p.name for p in root.iterdir()) == ["README.txt", "patient005", "patient006"]
-    readme = (root / "README.txt").read_text()
-    assert "phantom" in readme.lower() and f"seed: {seed}" in readme and "moderate" in readme
+    readme = (root / "README.txt").read_text(encoding="utf-8")
+    assert "phantom" in readme.lower() and f"seed {seed}" in readme and "moderate" in readme
+    write_acdc_phantom(root, 1, 0.9, seed=3, first_id=7)  # a second batch in the same folder is recorded too
+    lines = (root / "README.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[-2:] == ["patients 005..006: seed 11, degradation moderate (0.5)",
+                          "patients 007..007: seed 3, degradation 0.9"]
 
     for pid, folder in zip((5, 6), folders):
         name = f"patient{pid:03d}"

@@ -394,13 +394,14 @@ def write_acdc_phantom(out_dir, n_cases: int, degradation: float | str, seed: in
             _write_nifti(labels, case.spacing, folder / f"{name}_frame{frame:02d}_gt.nii.gz", note)
         _write_text(folder / "Info.cfg", info)
         folders.append(folder)
-    _write_text(out / "README.txt", (
-        "SYNTHETIC PHANTOM DATA - NOT PATIENT DATA.\n"
-        "Cardiac short-axis cine-MRI-like phantom images in the ACDC folder layout, drawn from a\n"
-        f"geometric model by dinseg.synth (generator version {GENERATOR_VERSION}).\n"
-        f"seed: {seed}\ndegradation: {level_text}\n"
-        f"patients: {first_id:03d}..{first_id + n_cases - 1:03d}\n"
-        "labels: 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity\n"
-        "Info.cfg Group/Height/Weight/NbFrame are placeholders, not measurements.\n"
-    ))
+    readme = out / "README.txt"
+    header = ("SYNTHETIC PHANTOM DATA - NOT PATIENT DATA.\n"
+              "Cardiac short-axis cine-MRI-like phantom images in the ACDC folder layout, drawn from a\n"
+              f"geometric model by dinseg.synth (generator version {GENERATOR_VERSION}).\n"
+              "labels: 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity\n"
+              "Info.cfg Group/Height/Weight/NbFrame are placeholders, not measurements.\n"
+              "Batches written here (one line per call):\n")
+    previous = readme.read_text(encoding="utf-8") if readme.is_file() else header
+    _write_text(readme, previous + (f"patients {first_id:03d}..{first_id + n_cases - 1:03d}: seed {seed}, "
+                                    f"degradation {level_text}\n"))
     return folders
