@@ -215,3 +215,16 @@ def test_random_canvas_cuts_the_same_square_from_image_and_labels():
     assert random_canvas(image, labels, (0, 0), np.random.default_rng(0))[0] is image
     with pytest.raises(ConfigError, match="canvas_range"):
         TrainConfig(patch_size=(64, 64), canvas_range=(32, 96))
+
+
+def test_fine_tuning_starts_from_the_given_model(phantom, tmp_path, random_ct_model):
+    first = DINTrainingLogic(_config(phantom, tmp_path / "first", epochs=1, val_fraction=0.0, preset="light",
+                                     fusion="concat")).run()
+    tuned = DINTrainingLogic(_config(phantom, tmp_path / "tuned", epochs=1, val_fraction=0.0, lr=1e-12,
+                                     init_model=str(first["last_card"]), fusion="difm")).run()
+    assert load_card(tuned["last_card"]).network.fusion == "concat"  # the card's network, not the preset
+    a, b = _weights(first["last_card"]), _weights(tuned["last_card"])
+    assert all(torch.allclose(a[key].float(), b[key].float(), atol=1e-3) for key in a)
+    with pytest.raises(ConfigError, match="same classes"):
+        DINTrainingLogic(_config(phantom, tmp_path / "bad", epochs=1, val_fraction=0.0,
+                                 init_model=str(random_ct_model))).run()  # 9 CT classes, 4 here

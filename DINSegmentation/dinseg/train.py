@@ -53,6 +53,7 @@ class TrainConfig:
     modality: str = ""                          # default: the dataset's
     data_description: str = ""                  # what the model was trained on, for its card
     limitations: str = ""
+    init_model: str = ""                        # fine-tune: start from this model card's network and weights
     preset: str = "light"
     fusion: str = "difm"
     share_encoders: bool = False
@@ -297,9 +298,13 @@ class DINTrainingLogic:
         preprocessing = config.preprocessing()
         labels = label_infos_for(dataset.class_names)
         num_classes = len(labels) + 1
+        initial_weights = None
         try:
-            net_config = NetConfig.from_preset(config.preset, num_classes=num_classes, fusion=config.fusion,
-                                               share_encoders=config.share_encoders)
+            if config.init_model:
+                net_config, initial_weights = self._initial_model(num_classes)
+            else:
+                net_config = NetConfig.from_preset(config.preset, num_classes=num_classes, fusion=config.fusion,
+                                                   share_encoders=config.share_encoders)
             augmentation = Augmentation(**{k: tuple(v) if isinstance(v, list) else v
                                            for k, v in config.augmentation.items()})
         except (TypeError, ValueError) as error:
@@ -322,7 +327,10 @@ class DINTrainingLogic:
                  dist.world_size)
 
         torch.manual_seed(config.seed)
-        network = build_network(net_config).to(device)
+        network = build_network(net_config)
+        if initial_weights is not None:
+            network.load_state_dict(initial_weights)
+        network = network.to(device)
         model = network
         if dist.world_size > 1:
             model = torch.nn.parallel.DistributedDataParallel(
@@ -401,6 +409,17 @@ class DINTrainingLogic:
         if dist.world_size > 1:
             log.info("rank %d final weights sha256 %s", dist.rank, _state_digest(network))
         return self._summary(state)
+
+    def _initial_model(self, num_classes: int):
+        """(network configuration, weights) of ``init_model``, for fine-tuning; the classes must match."""
+        from .models import find_model, load_weights
+
+        card = find_model(self.config.init_model)
+        if card.num_classes != num_classes:
+            raise ConfigError(f"init_model {card.name} has {card.num_classes} classes, the data {num_classes}; "
+                              "fine-tuning needs the same classes (use label_map)")
+        log.info("starting from %s %s (its network configuration replaces preset and fusion)", card.name, card.version)
+        return card.network, load_weights(card)
 
     def _summary(self, state) -> Dict[str, Any]:
         models = self.run_dir / "models"
