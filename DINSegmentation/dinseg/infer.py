@@ -210,7 +210,8 @@ class Segmenter:
                 probabilities = logits.float().softmax(dim=1)
             with timer.stage("postprocess"):
                 probabilities = resize_slices(probabilities, slab.shape[1:])
-                return probabilities.argmax(dim=1).to(torch.uint8).cpu().numpy()
+                # max().indices: the same labels as argmax, several times faster over channels on CPU
+                return probabilities.max(dim=1).indices.to(torch.uint8).cpu().numpy()
 
     def _auto_batch_size(self, model_shape, slice_shape) -> int:
         """Slices per pass so that activations use at most a quarter of the free memory."""
