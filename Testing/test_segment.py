@@ -207,6 +207,7 @@ def _write(array, path, spacing=(3.0, 3.0, 3.0)):
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such file"),
     ("truncated", "cannot read"),
+    ("truncated_plain", "truncated"),
     ("empty_file", "cannot read"),
     ("two_d", "2D image"),
     ("constant", "constant"),
@@ -218,6 +219,9 @@ def test_bad_images_fail_cleanly(random_ct_model, tmp_path, capsys, case, messag
     path = tmp_path / f"{case}.nii.gz"
     if case == "truncated":
         path.write_bytes(CT.read_bytes()[:50_000])
+    elif case == "truncated_plain":
+        path = tmp_path / "truncated.nii"
+        path.write_bytes(gzip.decompress(CT.read_bytes())[:-1000])
     elif case == "empty_file":
         path.write_bytes(b"")
     elif case == "two_d":
@@ -341,3 +345,18 @@ def test_enhancement_override_changes_the_input_and_warns(random_ct_model, ct_cr
     assert "enhancing with gamma at strength 0.5" in capsys.readouterr().err
     a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in (plain, weak))
     assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("source, target", [((30, 28), (128, 97)), ((7, 5), (23, 17)), ((16, 16), (16, 50)),
+                                            ((20, 20), (12, 33)), ((9, 9), (9, 9))])
+def test_labels_at_size_equal_full_bilinear_resampling(source, target):
+
+    from dinseg.preprocess import labels_at_size, resize_slices
+
+    generator = torch.Generator().manual_seed(1)
+    coarse_logits = 4 * torch.randn(3, 5, source[0] // 3 + 2, source[1] // 3 + 2, generator=generator)
+    probabilities = resize_slices(coarse_logits, source).softmax(dim=1)
+    expected = resize_slices(probabilities, target).max(dim=1).indices
+    assert torch.equal(labels_at_size(probabilities, target, chunk=97).long(), expected)
+    noise = torch.randn(2, 4, *source, generator=generator).softmax(dim=1)
+    assert torch.equal(labels_at_size(noise, target).long(), resize_slices(noise, target).max(dim=1).indices)

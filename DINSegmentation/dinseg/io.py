@@ -146,6 +146,8 @@ def check_nifti_payload(path: Path) -> None:
             remaining = int(np.prod([max(d, 1) for d in dims[1:1 + dims[0]]], dtype=np.int64)) * bitpix // 8
             stream.read(max(voxel_offset - 348, 0))
             dtype = np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype]) if datatype in _NIFTI_FLOAT_TYPES else None
+            if dtype is None and _integer_payload_complete(path, max(voxel_offset, 348) + remaining):
+                return
             nonfinite, carry = 0, b""
             while remaining > 0:
                 chunk = stream.read(min(remaining, 1 << 24))
@@ -161,6 +163,22 @@ def check_nifti_payload(path: Path) -> None:
         raise InputError(f"{path}: cannot read this image (corrupt or truncated: {error})") from None
     if nonfinite:
         raise InputError(f"{path}: {nonfinite} voxel(s) are NaN or infinite")
+
+
+def _integer_payload_complete(path: Path, expected_bytes: int) -> bool:
+    """Whether an integer NIfTI holds all its voxel bytes, known without decompressing it.
+
+    Uncompressed: the file size. Gzipped: the trailer's ISIZE (uncompressed length mod 2**32),
+    which a cut file almost never matches. False means "stream the data and see".
+    """
+    size = path.stat().st_size
+    if not path.name.lower().endswith(".gz"):
+        return size >= expected_bytes
+    if size < 18:
+        return False
+    with open(path, "rb") as raw:
+        raw.seek(-4, 2)
+        return struct.unpack("<I", raw.read(4))[0] == expected_bytes % 2 ** 32
 
 
 def _short_reason(lines) -> str:
