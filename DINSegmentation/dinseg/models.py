@@ -73,8 +73,8 @@ class ModelCard:
     def summary(self) -> str:
         """One paragraph for tooltips and ``dinseg models``: classes, modality, data, version, metrics."""
         classes = ", ".join(label.name for label in self.labels)
-        trained_on = self.training.get("data", "unknown data")
-        metrics = self.metrics.get("summary", "no measured metrics")
+        trained_on = self.training.get("data", "unknown data").rstrip(".")
+        metrics = self.metrics.get("summary", "no measured metrics").rstrip(".")
         return (f"{self.name} {self.version} ({self.modality}): {self.task}. Classes: {classes}. "
                 f"Trained on: {trained_on}. Measured: {metrics}.")
 
