@@ -114,6 +114,23 @@ def test_preview_png_is_written(random_ct_model, ct_crop, tmp_path):
     assert len(list(tmp_path.glob(".*"))) == 0, "no temporary files left behind"
 
 
+def test_preview_overlay_outlines_each_label_on_its_own_pixels():
+    from dinseg.preview import label_overlay
+
+    labels = np.zeros((8, 9), dtype=np.uint8)
+    labels[2:6, 1:4] = 1
+    labels[2:6, 4:7] = 2
+    colors = np.zeros((256, 3))
+    colors[1], colors[2] = (1, 0, 0), (0, 0, 1)
+    overlay = label_overlay(labels, colors, fill_alpha=0.4)
+    assert np.array_equal(overlay[..., :3], colors[labels])
+    assert (overlay[labels == 0, 3] == 0).all()
+    interior = np.zeros_like(labels, dtype=bool)
+    interior[3:5, 2:3] = interior[3:5, 5:6] = True
+    assert (overlay[interior, 3] == 0.4).all()
+    assert (overlay[(labels > 0) & ~interior, 3] == 1.0).all()
+
+
 def _four_d(tmp_path, frames=3) -> Path:
     image = sitk.ReadImage(str(CT))[:, :, 80:88]
     series = sitk.JoinSeries([image + 10 * t for t in range(frames)])

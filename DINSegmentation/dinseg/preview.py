@@ -22,6 +22,20 @@ def pick_slices(canonical_labels: np.ndarray, count: int = 3) -> List[int]:
     return sorted({int(labelled[int(round(p))]) for p in positions})
 
 
+def label_overlay(label_slice: np.ndarray, colors: np.ndarray, fill_alpha: float = 0.4) -> np.ndarray:
+    """(H, W) labels and (256, 3) RGB colours -> (H, W, 4) RGBA: translucent fill, opaque edges.
+
+    Edges are the labelled pixels with a differently labelled 4-neighbour; drawing them on the
+    same pixel grid as the fill keeps outline and fill aligned by construction.
+    """
+    padded = np.pad(label_slice, 1, mode="edge")
+    edge = np.zeros(label_slice.shape, dtype=bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        edge |= padded[dy:dy + label_slice.shape[0], dx:dx + label_slice.shape[1]] != label_slice
+    alpha = np.where(edge, 1.0, fill_alpha) * (label_slice > 0)
+    return np.concatenate([colors[label_slice], alpha[..., None]], axis=-1)
+
+
 def render_preview(path, image: np.ndarray, labels: np.ndarray, geometry: Geometry, preprocessing: Preprocessing,
                    label_infos: Sequence[LabelInfo], title: str = "",
                    enhancement: EnhanceConfig = None) -> None:
@@ -45,9 +59,9 @@ def render_preview(path, image: np.ndarray, labels: np.ndarray, geometry: Geomet
     bounds = preprocessing.normalization.bounds(image)
     enhancement = enhancement or preprocessing.enhancement
     rows = pick_slices(canonical_labels)
-    colors = np.zeros((256, 4))
+    colors = np.zeros((256, 3))
     for info in label_infos:
-        colors[info.value] = (*info.color_float, 0.5)
+        colors[info.value] = info.color_float
 
     figure, axes = plt.subplots(len(rows), 3, figsize=(11, 3.6 * len(rows)), squeeze=False,
                                 facecolor="black")
@@ -61,11 +75,7 @@ def render_preview(path, image: np.ndarray, labels: np.ndarray, geometry: Geomet
             axis.imshow(picture, cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="bilinear")
             axis.set_title(f"{caption} - slice {index}", color="white", fontsize=10)
             axis.axis("off")
-        row[2].imshow(colors[label_slice], extent=extent, interpolation="nearest")
-        for info in label_infos:
-            if (label_slice == info.value).any():
-                row[2].contour(label_slice == info.value, levels=[0.5], colors=[info.color_float],
-                               linewidths=0.8, extent=(0, extent[1], 0, extent[2]), origin="upper")
+        row[2].imshow(label_overlay(label_slice, colors), extent=extent, interpolation="nearest")
     present = [info for info in label_infos if (labels == info.value).any()]
     figure.legend(handles=[Patch(color=info.color_float, label=info.name) for info in present],
                   loc="lower center", ncol=min(len(present), 8) or 1, frameon=False, labelcolor="white")
