@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -112,6 +113,10 @@ def test_preview_png_is_written(random_ct_model, ct_crop, tmp_path):
     image = sitk.ReadImage(str(preview))
     assert image.GetSize()[0] > 600 and image.GetSize()[1] > 600
     assert len(list(tmp_path.glob(".*"))) == 0, "no temporary files left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    for output in (preview, tmp_path / "l.nii.gz"):
+        assert output.stat().st_mode & 0o777 == 0o666 & ~umask, "outputs get a normal file's mode, not mkstemp's 0600"
 
 
 def test_preview_overlay_outlines_each_label_on_its_own_pixels():

@@ -218,6 +218,16 @@ def check_output_path(path, extensions=OUTPUT_EXTENSIONS) -> Path:
     return path
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_NEW_FILE_MODE = _new_file_mode()
+
+
 @contextlib.contextmanager
 def atomic_output(path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` with the same extension; rename it into place on success.
@@ -234,6 +244,7 @@ def atomic_output(path) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
+        os.chmod(temporary, _NEW_FILE_MODE)  # mkstemp makes it owner-only; give it a normal file's mode
         os.replace(temporary, path)
     finally:
         if temporary.exists():

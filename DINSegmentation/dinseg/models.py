@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional
 
 from .errors import ModelError
+from .io import atomic_output
 from .nets.config import NetConfig
 from .preprocess import Preprocessing
 from .terminology import LabelInfo
@@ -107,9 +108,8 @@ class ModelCard:
     def save(self, path) -> Path:
         """Write the card JSON (atomically) and return its path."""
         path = Path(path)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
+        with atomic_output(path) as temporary:
+            temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         return path
 
 
@@ -174,9 +174,8 @@ def save_weights(state_dict: Dict[str, Any], path, dtype: str = "float32") -> We
     target = getattr(torch, dtype)
     tensors = {key: value.detach().to("cpu", target) if value.is_floating_point() else value.detach().cpu()
                for key, value in state_dict.items()}
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(tensors, temporary)
-    os.replace(temporary, path)
+    with atomic_output(path) as temporary:
+        torch.save(tensors, temporary)
     return WeightsInfo(file=path.name, sha256=sha256_of(path), bytes=path.stat().st_size, dtype=dtype)
 
 

@@ -12,12 +12,13 @@ cases in the ACDC folder layout so an ACDC reader loads them unchanged.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from .io import atomic_output
 
 GENERATOR_VERSION = "1.0"
 DEGRADATION_LEVELS = {"mild": 0.2, "moderate": 0.5, "severe": 0.85}
@@ -329,33 +330,19 @@ def synthesize_case(rng: np.random.Generator, degradation: float) -> PhantomCase
     )
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary name next to ``path``, then rename it into place."""
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.tmp{''.join(path.suffixes)}"))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_nifti(array: np.ndarray, spacing, path: Path, note: str) -> None:
     """Write a (Z, Y, X) array as NIfTI with spacing (x, y, z), origin 0, identity direction."""
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetMetaData("ITK_FileNotes", note)  # NIfTI 'descrip' header field (80 chars)
-    _atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, useCompression=True))
+    with atomic_output(path) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
 
 
 def _write_text(path: Path, text: str) -> None:
     """Atomically write a UTF-8 text file."""
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    _atomic_write(path, write)
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
 
 
 def write_acdc_phantom(out_dir, n_cases: int, degradation: float | str, seed: int,

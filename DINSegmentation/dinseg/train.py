@@ -27,6 +27,7 @@ import numpy as np
 from . import __version__
 from .enhance import EnhanceConfig, enhance
 from .errors import ConfigError, InputError
+from .io import atomic_output
 from .losses import DINLoss, LossConfig
 from .models import ModelCard, WeightsInfo, save_weights
 from .nets import NetConfig, build_network
@@ -482,10 +483,9 @@ class DINTrainingLogic:
         import torch
 
         path = self.run_dir / "checkpoint.pt"
-        temporary = path.with_name(".checkpoint.pt.tmp")
-        torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "state": json.dumps(state)}, temporary)
-        os.replace(temporary, path)
+        with atomic_output(path) as temporary:
+            torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(), "state": json.dumps(state)}, temporary)
 
     def _load_checkpoint(self, network, optimizer, scaler) -> Dict[str, Any]:
         import torch
