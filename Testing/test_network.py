@@ -111,3 +111,19 @@ def test_config_round_trips_through_json(preset):
 def test_bad_configuration_is_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         NetConfig.from_dict({**NetConfig().to_dict(), **bad})
+
+
+def test_bench_model_prints_every_variant_against_its_baseline(capsys):
+    from dinseg.cli import main
+
+    assert main(["bench-model", "--presets", "light", "--size", "64", "--repeats", "1", "--threads", "1",
+                 "--cpu-only"]) == 0
+    table = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| model")}
+    assert set(rows) == {"U-Net, same widths (light)", "DIN light single", "DIN light concat", "DIN light difm",
+                         "MONAI BasicUNet (default widths)"}
+    assert rows["U-Net, same widths (light)"][-1].strip() == "1.00"
+    parameters = {name: float(cells[0]) for name, cells in rows.items()}
+    assert parameters["DIN light single"] < parameters["DIN light concat"] < parameters["DIN light difm"]
+    assert all(float(cells[2]) > 0 for cells in rows.values())

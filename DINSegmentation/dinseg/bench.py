@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 SAMPLE_CT = Path(__file__).resolve().parent / "assets" / "sample" / "abdomen_ct.nii.gz"
 
@@ -36,29 +36,38 @@ def count_macs(network, inputs) -> float:
     return counter.get_total_flops() / 2
 
 
-def median_latency(function, device, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``function()`` in seconds (GPU work synchronised)."""
+def interleaved_latencies(functions: Dict[str, Callable], device, repeats: int, warmup: int = 2) -> Dict[str, float]:
+    """Median wall time in seconds of each ``functions[name]()``, GPU work synchronised.
+
+    The functions take turns within each round, so a slow spell of a shared machine slows them
+    all alike and the ratios between them stay meaningful.
+    """
     import torch
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    times = {name: [] for name in functions}
     with torch.inference_mode():
         for _ in range(warmup):
-            function()
+            for function in functions.values():
+                function()
         sync()
-        times = []
         for _ in range(repeats):
-            start = time.perf_counter()
-            function()
-            sync()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            for name, function in functions.items():
+                start = time.perf_counter()
+                function()
+                sync()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def model_rows(size: int, threads: int, devices: List[str], presets: List[str], repeats: int) -> List[Dict]:
-    """One row per network: parameters, GMACs and per-slice latency (batch 1) on each device."""
+    """One row per network: parameters, GMACs and per-slice latency (batch 1) on each device.
+
+    Each preset's networks are timed interleaved with their same-width U-Net baseline.
+    """
     import torch
     from monai.networks.nets import BasicUNet
 
@@ -66,34 +75,40 @@ def model_rows(size: int, threads: int, devices: List[str], presets: List[str], 
 
     torch.set_num_threads(threads)
     image = torch.rand(1, 1, size, size)
-    candidates = []
+    groups = []
     for preset in presets:
         config = NetConfig.from_preset(preset, num_classes=9)
         widths = (config.stem_channels,) + config.widths + (config.stem_channels,)
-        candidates.append((f"U-Net, same widths ({preset})", preset, "baseline",
-                           lambda w=widths: BasicUNet(spatial_dims=2, in_channels=1, out_channels=9, features=w)))
+        group = [(f"U-Net, same widths ({preset})", preset, "baseline",
+                  lambda w=widths: BasicUNet(spatial_dims=2, in_channels=1, out_channels=9, features=w))]
         for fusion in FUSION_VARIANTS:
-            candidates.append((f"DIN {preset} {fusion}", preset, fusion,
-                               lambda p=preset, f=fusion: build_network(NetConfig.from_preset(p, fusion=f,
-                                                                                              num_classes=9))))
-    candidates.append(("MONAI BasicUNet (default widths)", "-", "baseline",
-                       lambda: BasicUNet(spatial_dims=2, in_channels=1, out_channels=9)))
+            group.append((f"DIN {preset} {fusion}", preset, fusion,
+                          lambda p=preset, f=fusion: build_network(NetConfig.from_preset(p, fusion=f, num_classes=9))))
+        groups.append(group)
+    groups.append([("MONAI BasicUNet (default widths)", "-", "baseline",
+                    lambda: BasicUNet(spatial_dims=2, in_channels=1, out_channels=9))])
     rows = []
-    for name, preset, fusion, make in candidates:
-        network = make().eval()
-        takes_two = fusion in FUSION_VARIANTS
-        inputs = (image, image) if takes_two else (image,)
-        row = {"model": name, "preset": preset, "fusion": fusion,
-               "parameters_m": sum(p.numel() for p in network.parameters()) / 1e6,
-               "gmacs": count_macs(network, inputs) / 1e9}
+    for group in groups:
+        networks = {name: make().eval() for name, _, _, make in group}
+        group_rows = []
+        for name, preset, fusion, _ in group:
+            inputs = (image, image) if fusion in FUSION_VARIANTS else (image,)
+            group_rows.append({"model": name, "preset": preset, "fusion": fusion,
+                               "parameters_m": sum(p.numel() for p in networks[name].parameters()) / 1e6,
+                               "gmacs": count_macs(networks[name], inputs) / 1e9, "inputs": len(inputs)})
         for device_name in devices:
             device = torch.device(device_name)
-            network = network.to(device)
-            moved = tuple(t.to(device) for t in inputs)
-            slow = preset == "paper" and device.type == "cpu"
-            row[f"{device_name}_ms"] = 1000 * median_latency(lambda n=network, m=moved: n(*m), device,
-                                                            max(3, repeats // 5) if slow else repeats)
-        rows.append(row)
+            moved = image.to(device)
+            functions = {row["model"]: (lambda n=networks[row["model"]].to(device), k=row["inputs"]: n(*[moved] * k))
+                         for row in group_rows}
+            slow = group_rows[0]["preset"] == "paper" and device.type == "cpu"
+            latencies = interleaved_latencies(functions, device, max(3, repeats // 5) if slow else repeats)
+            for row in group_rows:
+                row[f"{device_name}_ms"] = 1000 * latencies[row["model"]]
+        for row in group_rows:
+            del row["inputs"]
+        rows.extend(group_rows)
+        del networks
     return rows
 
 
