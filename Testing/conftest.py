@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the real images are, and small crops of them."""
+"""Shared test fixtures: where the real images are, and models built for tests."""
 
 from __future__ import annotations
 
@@ -7,17 +7,12 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: real images beside the checkout (see ../shared/data/README.md)
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-#: real images bundled with the engine (copies of two of the above, with their license)
+#: real images bundled with the engine: one abdominal CT and one MR with TotalSegmentator labels
 SAMPLES = REPO_ROOT / "DINSegmentation" / "dinseg" / "assets" / "sample"
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"real test images are missing: expected {SHARED_DATA} (the shared/ folder beside the repo)")
-    return SHARED_DATA
+SAMPLE_CT, SAMPLE_CT_LABELS = SAMPLES / "abdomen_ct.nii.gz", SAMPLES / "abdomen_ct_totalsegmentator_labels.nii.gz"
+SAMPLE_MR, SAMPLE_MR_LABELS = SAMPLES / "abdomen_mr.nii.gz", SAMPLES / "abdomen_mr_totalsegmentator_labels.nii.gz"
+#: a real multi-frame cardiac cine DICOM, no labels (Testing/data/README.md)
+CINE_DICOM = REPO_ROOT / "Testing" / "data" / "cardiac_cine_dicom" / "MR-MONO2-8-16x-heart.dcm"
 
 
 @pytest.fixture(scope="session")

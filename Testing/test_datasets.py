@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import h5py
@@ -11,13 +10,12 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DINSegmentation"))
-from dinseg.data import (BTCV_TO_SYNAPSE, check_labels, load_split_file, open_dataset, split_cases,  # noqa: E402
-                         validate)
-from dinseg.errors import InputError  # noqa: E402
-from dinseg.terminology import ACDC_STRUCTURES, SYNAPSE_ORGANS  # noqa: E402
+from dinseg.data import BTCV_TO_SYNAPSE, check_labels, load_split_file, open_dataset, split_cases, validate
+from dinseg.errors import InputError
+from dinseg.terminology import ACDC_STRUCTURES, SYNAPSE_ORGANS
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import SAMPLE_CT, SAMPLE_CT_LABELS, SAMPLE_MR, SAMPLE_MR_LABELS
+
 #: Synapse organ value -> BTCV value (inverse of BTCV_TO_SYNAPSE on the 8 organs)
 SYNAPSE_TO_BTCV = {1: 8, 2: 4, 3: 3, 4: 2, 5: 6, 6: 11, 7: 1, 8: 7}
 #: NOT cardiac anatomy: abdominal MR organs stand in for ACDC's 3 classes so that the ACDC
@@ -42,15 +40,15 @@ def _with_array(array: np.ndarray, like: sitk.Image) -> sitk.Image:
 @pytest.fixture(scope="module")
 def ct():
     """CT crop: 20 slices holding all 8 organs (image, labels as SimpleITK images)."""
-    image = sitk.ReadImage(str(DATA / "abdomen_ct_A" / "image.nii.gz"))
-    labels = sitk.ReadImage(str(DATA / "abdomen_ct_A" / "labels.nii.gz"))
+    image = sitk.ReadImage(str(SAMPLE_CT))
+    labels = sitk.ReadImage(str(SAMPLE_CT_LABELS))
     return image[:, :, 88:108], labels[:, :, 88:108]
 
 
 @pytest.fixture(scope="module")
 def mr():
-    image = sitk.ReadImage(str(DATA / "abdomen_mr_C" / "image.nii.gz"))
-    labels = sitk.ReadImage(str(DATA / "abdomen_mr_C" / "labels.nii.gz"))
+    image = sitk.ReadImage(str(SAMPLE_MR))
+    labels = sitk.ReadImage(str(SAMPLE_MR_LABELS))
     return image, labels
 
 
@@ -119,8 +117,8 @@ def make_msd(root: Path, ct, form: str, channels=None) -> dict:
     """Two cases (organs, and an all-background crop) in the nnU-Net v2 or old MSD form."""
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
-    full = sitk.ReadImage(str(DATA / "abdomen_ct_A" / "image.nii.gz"))
-    full_labels = sitk.ReadImage(str(DATA / "abdomen_ct_A" / "labels.nii.gz"))
+    full = sitk.ReadImage(str(SAMPLE_CT))
+    full_labels = sitk.ReadImage(str(SAMPLE_CT_LABELS))
     crops = {"abd_001": ct, "abd_002": (full[:, :, 0:10], full_labels[:, :, 0:10])}
     expected, training = {}, []
     for case_id, (image, labels) in crops.items():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,24 +10,15 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+from dinseg.enhance import METHODS, EnhanceConfig, clahe, enhance, gamma_correct, unsharp_mask
 
-from dinseg.enhance import (  # noqa: E402
-    METHODS,
-    EnhanceConfig,
-    clahe,
-    enhance,
-    gamma_correct,
-    unsharp_mask,
-)
+from conftest import SAMPLE_CT
 
 
 @pytest.fixture(scope="module")
 def ct_slice() -> torch.Tensor:
     """Middle axial slice of the real abdominal CT, HU clipped to [-125, 275] and scaled to [0, 1]. (H, W)"""
-    path = DATA_DIR / "abdomen_ct_A" / "image.nii.gz"
-    assert path.exists(), f"test data missing: {path}"
+    path = SAMPLE_CT
     volume = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)  # (z, y, x)
     hu = np.clip(volume[volume.shape[0] // 2], -125.0, 275.0)
     return torch.from_numpy((hu + 125.0) / 400.0)

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from dinseg.losses import DINLoss, LossConfig, boundary_loss, soft_dice_loss
 
+from conftest import SAMPLE_CT, SAMPLE_CT_LABELS
+
 
 def _square_target(shift: int = 0, size: int = 48) -> torch.Tensor:
     target = torch.zeros(1, size, size, dtype=torch.long)
@@ -69,11 +71,11 @@ def test_background_is_excluded_from_dice_and_boundary_by_default():
     assert with_background["dice"].item() < 0.7  # the well-predicted background halves it
 
 
-def test_a_few_steps_on_a_real_slice_lower_the_loss(shared_data):
+def test_a_few_steps_on_a_real_slice_lower_the_loss():
     from dinseg.nets import NetConfig, build_network
 
-    image = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / "abdomen_ct_A" / "image.nii.gz")))[84]
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / "abdomen_ct_A" / "labels.nii.gz")))[84]
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_CT)))[84]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_CT_LABELS)))[84]
     x = torch.from_numpy(np.clip((image.astype(np.float32) + 125) / 400, 0, 1))[None, None, :96, 13:109]
     y = torch.from_numpy(labels.astype(np.int64))[None, :96, 13:109]
     assert len(torch.unique(y)) >= 3, "the crop should hold several organs"

@@ -21,7 +21,7 @@ from dinseg.infer import Segmenter
 from dinseg.io import read_volume
 from dinseg.models import import_models, load_card, load_network
 
-from conftest import SAMPLES
+from conftest import CINE_DICOM, SAMPLES
 
 CT = SAMPLES / "abdomen_ct.nii.gz"
 MR = SAMPLES / "abdomen_mr.nii.gz"
@@ -156,8 +156,8 @@ def test_time_series_is_segmented_frame_by_frame(random_ct_model, tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(one))), labels[1])
 
 
-def test_multiframe_cine_dicom_reads_as_a_time_series(shared_data):
-    volume = read_volume(shared_data / "cardiac_cine_dicom" / "MR-MONO2-8-16x-heart.dcm")
+def test_multiframe_cine_dicom_reads_as_a_time_series():
+    volume = read_volume(CINE_DICOM)
     assert volume.is_time_series and volume.array.shape == (16, 1, 256, 256)
     assert volume.modality == "MR" and volume.frame_spacing == pytest.approx(69.47)
 
