@@ -593,8 +593,7 @@ class DINSegmentationTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Segmenting on the CPU")
         start = time.time()
         segmentation = logic.segment(volume, model=card, device="cpu")
-        seconds = time.time() - start
-        self.assertLess(seconds, 60.0, "segmentation took too long")
+        seconds = time.time() - start  # reported, not asserted: timings belong in benchmarks
 
         segments = segmentation.GetSegmentation()
         names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
@@ -612,4 +611,13 @@ class DINSegmentationTest(ScriptedLoadableModuleTest):
         for name, count in counts.items():
             self.assertGreater(count, 0, f"{name} is empty")
         self.assertEqual(max(counts, key=counts.get), "liver", f"voxel counts: {counts}")
+        # the bundled model was trained on this scan: a regression guard, not an accuracy claim
+        import SimpleITK as sitk
+
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(
+            MODULE_DIR, "dinseg", "assets", "sample", "abdomen_ct_totalsegmentator_labels.nii.gz")))
+        for label in card.labels:
+            predicted, expected = labels == label.value, reference == label.value
+            dice = 2 * (predicted & expected).sum() / (predicted.sum() + expected.sum())
+            self.assertGreater(dice, 0.75, f"{label.name}: Dice {dice:.3f} against TotalSegmentator")
         self.delayDisplay(f"Test passed ({seconds:.1f} s)")
