@@ -374,24 +374,27 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.set_defaults(handler=run_ablation)
 
     bench_model = commands.add_parser("bench-model", help="benchmark: parameters, GMACs, latency of every network")
-    bench_model.add_argument("--size", type=int, default=224)
-    bench_model.add_argument("--threads", type=int, default=2)
-    bench_model.add_argument("--presets", nargs="+", default=["light", "medium", "paper"])
-    bench_model.add_argument("--repeats", type=int, default=20)
+    bench_model.add_argument("--size", type=int, default=224, help="input height and width (default: 224)")
+    bench_model.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    bench_model.add_argument("--presets", nargs="+", default=["light", "medium", "paper"],
+                             help="presets to time (default: light medium paper)")
+    bench_model.add_argument("--repeats", type=int, default=20,
+                             help="timed passes per network; a fifth of them for paper on CPU (default: 20)")
     bench_model.add_argument("--cpu-only", action="store_true", help="skip the GPU even if there is one")
     bench_model.set_defaults(handler=run_bench_model)
 
     bench_segment = commands.add_parser("bench-segment",
                                         help="benchmark: per-stage time and peak memory of dinseg segment")
-    bench_segment.add_argument("--slices", nargs="+", type=int, default=[150, 300])
-    bench_segment.add_argument("--model", default="abdomen-ct-light")
+    bench_segment.add_argument("--slices", nargs="+", type=int, default=[150, 300],
+                               help="slice counts of the 512x512 test volumes (default: 150 300)")
+    bench_segment.add_argument("--model", default="abdomen-ct-light", help="model name or card path")
     bench_segment.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
-    bench_segment.add_argument("--threads", type=int, default=2)
+    bench_segment.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
     bench_segment.set_defaults(handler=run_bench_segment)
 
     bench_robustness = commands.add_parser(
         "bench-robustness", help="benchmark: the bundled CT stored in other orientations and resolutions")
-    bench_robustness.add_argument("--model", default="abdomen-ct-light")
+    bench_robustness.add_argument("--model", default="abdomen-ct-light", help="model name or card path")
     bench_robustness.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
     bench_robustness.set_defaults(handler=run_bench_robustness)
     return parser
