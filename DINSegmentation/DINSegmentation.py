@@ -345,14 +345,13 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self.logic.ensureTorch():
                 return
             p = self._parameterNode
-            method = None if p.enhancementMethod == "model default" else p.enhancementMethod
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setValue(0)
             self.ui.elapsedLabel.text = ""
             self.ui.statusLabel.text = _("Starting...")
             self._jobVolume = p.inputVolume
             job = self.logic.create_job(
-                p.inputVolume, model=p.model, device=p.device, enhancement_method=method,
+                p.inputVolume, model=p.model, device=p.device, enhancement_method=p.enhancementMethod,
                 enhancement_strength=p.enhancementStrength, largest_component=p.largestComponent,
                 fill_holes=p.fillHoles, output=p.outputSegmentation, all_frames=p.allFrames,
                 temp_root=slicer.app.temporaryPath)

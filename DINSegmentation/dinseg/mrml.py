@@ -54,8 +54,6 @@ MODULE_DIR = Path(__file__).resolve().parent.parent
 TERMINOLOGY_FILE = (Path(__file__).resolve().parent / "assets" / "terminology"
                     / "SegmentationCategoryTypeModifier-DINSegmentation.term.json")
 DEFAULT_MODEL = "abdomen-ct-light"
-#: enhancement method choices offered by the module; "model default" = the card's own method
-ENHANCEMENT_CHOICES = ("model default", "none", "clahe", "gamma", "unsharp")
 #: display range of enhanced preview volumes (enhanced values 0..1 are scaled to it)
 PREVIEW_RANGE = (0.0, 1000.0)
 BINARY_LABELMAP = "Binary labelmap"
@@ -413,23 +411,20 @@ class DINSegmentationMRMLLogic:
         import torch
 
         from .enhance import EnhanceConfig, enhance
-        from .preprocess import Normalization, normalize
+        from .preprocess import Normalization, normalize, override_enhancement
 
         image = volume_to_image(volume_node)
         check_voxels(image.array, volume_node.GetName())
         if model is not None:
             card = _card_of(model)
             bounds = card.preprocessing.normalization.bounds(image.array)
-            base = card.preprocessing.enhancement.to_dict()
+            base = card.preprocessing.enhancement
             reorientation = card.preprocessing.reorientation(image.geometry)
         else:
             bounds = Normalization("percentile", 0.5, 99.5).bounds(image.array)
-            base = EnhanceConfig().to_dict()
+            base = EnhanceConfig()
             reorientation = None
-        if method not in (None, "", "model default"):
-            base["method"] = method
-        base["strength"] = float(strength)
-        config = EnhanceConfig.from_dict(base)
+        config = override_enhancement(base, method, strength) or base
         slices = reorientation.to_canonical(image.array) if reorientation else image.array
         enhanced = np.empty(slices.shape, dtype=np.float32)
         with torch.inference_mode():
@@ -669,11 +664,13 @@ class SegmentationJob:
                  largest_component: bool = False, fill_holes: bool = False, output=None,
                  all_frames: bool = False, python: Optional[str] = None, temp_root: Optional[str] = None,
                  extra_args: Sequence[str] = ()):
+        from .preprocess import chosen_method
+
         self.logic = logic
         self.volume_node = volume_node
         self.card = _card_of(model)
         self.device = device
-        self.enhancement_method = None if enhancement_method in (None, "", "model default") else enhancement_method
+        self.enhancement_method = chosen_method(enhancement_method)
         self.enhancement_strength = enhancement_strength
         self.largest_component = largest_component
         self.fill_holes = fill_holes

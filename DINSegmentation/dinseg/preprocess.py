@@ -70,14 +70,23 @@ class EnhanceConfig:
         return cls(**d)
 
 
+#: the method choice that means "the model's own enhancement" (Slicer module, segment())
+MODEL_DEFAULT = "model default"
+
+
+def chosen_method(method: Optional[str]) -> Optional[str]:
+    """An enhancement method choice, or None when it keeps the model's (None, "" or MODEL_DEFAULT)."""
+    return None if method in (None, "", MODEL_DEFAULT) else method
+
+
 def override_enhancement(trained: EnhanceConfig, method: Optional[str] = None,
                          strength: Optional[float] = None) -> Optional[EnhanceConfig]:
     """A model's enhancement with its method and/or strength replaced; None when nothing changes.
 
-    method None, "" or "model default" keeps the trained method.
+    method None, "" or MODEL_DEFAULT keeps the trained method.
     """
     changes: Dict[str, Any] = {}
-    if method not in (None, "", "model default"):
+    if chosen_method(method) is not None:
         changes["method"] = method
     if strength is not None:
         changes["strength"] = float(strength)
