@@ -257,15 +257,11 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasBlocked = combo.blockSignals(True)
         combo.clear()
         try:
-            from dinseg.models import list_models
+            from dinseg.models import newest_models
 
-            cards = {}
-            for card in list_models():  # keep the highest version of each name
-                if card.name not in cards or _versionKey(card.version) > _versionKey(cards[card.name].version):
-                    cards[card.name] = card
-            for name in sorted(cards):
-                combo.addItem(f"{name} ({cards[name].version})", name)
-                combo.setItemData(combo.count - 1, cards[name].summary(), qt.Qt.ToolTipRole)
+            for card in newest_models():
+                combo.addItem(f"{card.name} ({card.version})", card.name)
+                combo.setItemData(combo.count - 1, card.summary(), qt.Qt.ToolTipRole)
         except ImportError as error:  # PyTorch not installed yet: offer the default model by name
             logging.info("DINSegmentation: cannot list models yet (%s)", error)
             combo.addItem(DEFAULT_MODEL, DEFAULT_MODEL)
@@ -442,10 +438,6 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             editor.setSourceVolumeNode(volume)
         else:  # Slicer 5.8 name
             editor.setMasterVolumeNode(volume)
-
-
-def _versionKey(version):
-    return tuple(int(part) if part.isdigit() else 0 for part in str(version).split("."))
 
 
 #

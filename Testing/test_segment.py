@@ -352,6 +352,26 @@ def test_model_import_installs_a_checked_model(random_ct_model, tmp_path, monkey
     assert "random-ct" in listing and load_card(random_ct_model).weights.sha256[:12] in listing
 
 
+def test_a_model_name_selects_its_highest_installed_version(random_ct_model, tmp_path, monkeypatch):
+    import shutil
+
+    from dinseg.models import find_model, newest_models
+
+    monkeypatch.setenv("DINSEG_HOME", str(tmp_path / "home"))
+    for version in ("0.9.0", "0.10.0", "0.2.0"):
+        folder = tmp_path / "home" / "models" / f"random-ct-{version}"
+        folder.mkdir(parents=True)
+        shutil.copy(load_card(random_ct_model).weights_path, folder)
+        card = load_card(random_ct_model)
+        card.version = version
+        card.save(folder / "random-ct.json")
+    assert find_model("random-ct").version == "0.10.0"
+    listed = [card for card in newest_models() if card.name == "random-ct"]
+    assert [card.version for card in listed] == ["0.10.0"]
+    names = [card.name for card in newest_models()]
+    assert names == sorted(set(names))
+
+
 def test_model_cards_are_listed_without_importing_torch():
     """The Slicer module lists models before PyTorch is installed."""
     code = "import sys; import dinseg.models as m, dinseg.cli; m.list_models(); print('torch' in sys.modules)"

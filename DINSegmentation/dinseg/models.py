@@ -204,6 +204,15 @@ def list_models() -> List[ModelCard]:
     return cards
 
 
+def newest_models() -> List[ModelCard]:
+    """The highest version of each installed model, sorted by name (what a name selects)."""
+    newest: Dict[str, ModelCard] = {}
+    for card in list_models():
+        if card.name not in newest or _version_key(card.version) > _version_key(newest[card.name].version):
+            newest[card.name] = card
+    return [newest[name] for name in sorted(newest)]
+
+
 def find_model(name_or_path) -> ModelCard:
     """A model by card path, model folder, or installed name (the highest version wins)."""
     candidate = Path(str(name_or_path))
@@ -211,11 +220,12 @@ def find_model(name_or_path) -> ModelCard:
         if not candidate.exists():
             raise ModelError(f"{candidate}: no such model card")
         return load_card(candidate)
-    matches = [card for card in list_models() if card.name == str(name_or_path)]
-    if not matches:
-        known = ", ".join(sorted({card.name for card in list_models()})) or "none"
-        raise ModelError(f"unknown model {name_or_path!r}; installed models: {known}")
-    return max(matches, key=lambda card: _version_key(card.version))
+    installed = newest_models()
+    for card in installed:
+        if card.name == str(name_or_path):
+            return card
+    known = ", ".join(card.name for card in installed) or "none"
+    raise ModelError(f"unknown model {name_or_path!r}; installed models: {known}")
 
 
 def _version_key(version: str):
