@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .evaluate import evaluate_cases, format_mean_std
+from .evaluate import evaluate_cases, format_mean_std, markdown_table
 from .nets.config import FUSION_VARIANTS
 
 log = logging.getLogger("dinseg")
@@ -121,8 +121,8 @@ def ablation_table(rows: Sequence[Dict[str, object]], plan: AblationPlan) -> str
     lines = [f"Synthetic cardiac PHANTOM (not patient data): preset {plan.preset}, "
              f"{plan.epochs * plan.iterations_per_epoch} iterations of batch {plan.batch_size}, "
              f"seeds {', '.join(map(str, plan.seeds))}, trained at degradation {plan.train_degradation}; "
-             "mean ± sd over seeds.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             "mean ± sd over seeds.", ""]
+    table = []
     for variant in dict.fromkeys(str(row["variant"]) for row in rows):
         mine = [row for row in rows if row["variant"] == variant]
         cells = [variant, f"{mine[0]['parameters_m']:.2f}"]
@@ -133,8 +133,8 @@ def ablation_table(rows: Sequence[Dict[str, object]], plan: AblationPlan) -> str
                 cells.append(format_mean_std(float(np.mean(values)), float(np.std(values)), digits)
                              if values else "n/a")
         cells.append(f"{np.mean([float(row['train_seconds']) for row in mine]):.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        table.append(cells)
+    return "\n".join(lines) + "\n" + markdown_table(header, table)
 
 
 def plan_from_args(args) -> AblationPlan:

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
+from .evaluate import markdown_table
+
 SAMPLE_CT = Path(__file__).resolve().parent / "assets" / "sample" / "abdomen_ct.nii.gz"
 
 
@@ -121,16 +123,16 @@ def format_model_table(rows: List[Dict], devices: List[str], threads: int, size:
     for device in devices:
         header += [f"{device} ms/slice", "× same-width U-Net"]
     lines = [f"torch {torch.__version__}, {threads} CPU thread(s); devices: {', '.join(_device_names(devices))}; "
-             f"batch 1, {size}x{size}, median of repeated forward passes.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"batch 1, {size}x{size}, median of repeated forward passes.", ""]
+    table = []
     for row in rows:
         cells = [row["model"], f"{row['parameters_m']:.2f}", f"{row['gmacs']:.2f}"]
         for device in devices:
             base = baselines.get(row["preset"])
             ratio = f"{row[f'{device}_ms'] / base[f'{device}_ms']:.2f}" if base else "-"
             cells += [f"{row[f'{device}_ms']:.1f}", ratio]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        table.append(cells)
+    return "\n".join(lines) + "\n" + markdown_table(header, table)
 
 
 def _device_names(devices: List[str]) -> List[str]:
@@ -198,15 +200,14 @@ def format_segment_table(rows: List[Dict], model: str, device: str, threads: int
     stages = list(rows[0]["seconds"])
     header = ["slices (512x512, 0.7 mm)"] + [f"{stage} (s)" for stage in stages] + \
              ["total (s)", "outside network", "peak RSS (GB)"]
-    lines = [f"model {model}, device {device}, {threads} thread(s)", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table = []
     for row in rows:
         seconds = row["seconds"]
         total = sum(seconds.values())
         outside = (total - seconds["network"]) / total
-        lines.append("| " + " | ".join([str(row["slices"])] + [f"{seconds[s]:.2f}" for s in stages] +
-                                       [f"{total:.2f}", f"{100 * outside:.0f} %", f"{row['peak_rss_gb']:.2f}"]) + " |")
-    return "\n".join(lines) + "\n"
+        table.append([str(row["slices"])] + [f"{seconds[s]:.2f}" for s in stages] +
+                     [f"{total:.2f}", f"{100 * outside:.0f} %", f"{row['peak_rss_gb']:.2f}"])
+    return f"model {model}, device {device}, {threads} thread(s)\n\n" + markdown_table(header, table)
 
 
 SAMPLE_CT_LABELS = SAMPLE_CT.with_name("abdomen_ct_totalsegmentator_labels.nii.gz")
@@ -283,10 +284,7 @@ def robustness_rows(model: str, device: str = "cpu", names=None) -> List[Dict]:
 def format_robustness_table(rows: List[Dict], model: str) -> str:
     organs = list(rows[0]["dice"])
     header = ["stored as", "voxels"] + organs + ["mean Dice", "seconds"]
-    lines = [f"model {model}; the TRAINING patient (bundled CT) stored in other ways, scored against its "
-             "TotalSegmentator labels moved the same way", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        lines.append("| " + " | ".join([row["variant"], row["size"]] + [f"{row['dice'][o]:.3f}" for o in organs]
-                                       + [f"{row['mean_dice']:.3f}", f"{row['seconds']:.1f}"]) + " |")
-    return "\n".join(lines) + "\n"
+    table = [[row["variant"], row["size"]] + [f"{row['dice'][o]:.3f}" for o in organs]
+             + [f"{row['mean_dice']:.3f}", f"{row['seconds']:.1f}"] for row in rows]
+    return (f"model {model}; the TRAINING patient (bundled CT) stored in other ways, scored against its "
+            "TotalSegmentator labels moved the same way\n\n" + markdown_table(header, table))

@@ -6,7 +6,7 @@ import csv
 import logging
 import math
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
@@ -51,11 +51,18 @@ def format_mean_std(mean: float, std: float, digits: int = 3) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A markdown table (ending in a newline) from a header and rows of cell strings."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
 def markdown_report(per_case: PerCase, class_names: Sequence[str]) -> str:
     """A markdown table: one row per case, then mean ± standard deviation over cases."""
     header = ["case"] + [f"{name} Dice" for name in class_names] + ["mean Dice"] + \
              [f"{name} HD95" for name in class_names] + ["mean HD95 (mm)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     case_means = {}
     for case_id, scores in per_case.items():
         dice = [scores[v]["dice"] for v in range(1, len(class_names) + 1)]
@@ -63,14 +70,14 @@ def markdown_report(per_case: PerCase, class_names: Sequence[str]) -> str:
         case_means[case_id] = (_mean_std(dice)[0], _mean_std(hd95)[0])
         cells = [case_id] + [f"{d:.3f}" for d in dice] + [f"{case_means[case_id][0]:.3f}"] + \
                 [f"{h:.1f}" for h in hd95] + [f"{case_means[case_id][1]:.1f}"]
-        lines.append("| " + " | ".join(cells).replace("nan", "n/a") + " |")
+        rows.append([cell.replace("nan", "n/a") for cell in cells])
     summary = ["**mean ± sd**"]
     for metric, position, digits in (("dice", 0, 3), ("hd95", 1, 1)):
         for value in range(1, len(class_names) + 1):
             summary.append(format_mean_std(*_mean_std([s[value][metric] for s in per_case.values()]), digits))
         summary.append(format_mean_std(*_mean_std([m[position] for m in case_means.values()]), digits))
-    lines.append("| " + " | ".join(summary) + " |")
-    return "\n".join(lines) + "\n"
+    rows.append(summary)
+    return markdown_table(header, rows)
 
 
 def write_report(per_case: PerCase, class_names: Sequence[str], folder) -> Path:
