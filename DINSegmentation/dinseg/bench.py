@@ -14,11 +14,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
+from .cli import SAMPLES
 from .evaluate import markdown_table
 
-SAMPLE_CT = Path(__file__).resolve().parent / "assets" / "sample" / "abdomen_ct.nii.gz"
+SAMPLE_CT = SAMPLES["abdomen-ct"]
+SAMPLE_CT_LABELS = SAMPLE_CT.with_name("abdomen_ct_totalsegmentator_labels.nii.gz")
 
 
 def _sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
@@ -149,19 +151,33 @@ def _device_names(devices: List[str]) -> List[str]:
     return names
 
 
+def centred_grid(image, spacing: float, size: int, slices: Optional[int] = None,
+                 direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)):
+    """(shape, spacings, direction, origin) of a size x size grid of in-plane ``spacing`` mm, centred
+    on ``image`` and spanning its z extent in ``slices`` slices (default: the image's own slices)."""
+    import numpy as np
+
+    if slices is None:
+        slices, slice_spacing = image.GetSize()[2], image.GetSpacing()[2]
+    else:
+        slice_spacing = image.GetSize()[2] * image.GetSpacing()[2] / slices
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    shape, spacings = (size, size, slices), (spacing, spacing, slice_spacing)
+    matrix = np.asarray(direction).reshape(3, 3)
+    origin = np.asarray(centre) - matrix @ ((np.asarray(shape) - 1) / 2 * np.asarray(spacings))
+    return shape, spacings, tuple(direction), tuple(float(o) for o in origin)
+
+
 def synthetic_ct_volume(path: Path, slices: int, size: int = 512, spacing: float = 0.7) -> None:
     """A CT-sized volume built from the real sample CT: resampled to size x size at ``spacing`` mm
     in-plane and ``slices`` slices (interpolated along z), int16 Hounsfield units."""
     import SimpleITK as sitk
 
     image = sitk.ReadImage(str(SAMPLE_CT))
-    extent_z = image.GetSize()[2] * image.GetSpacing()[2]
-    new_spacing = (spacing, spacing, extent_z / slices)
-    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
-    direction = sitk.DICOMOrient(image, "LPS").GetDirection()
-    origin = [c - (n - 1) / 2 * sp for c, n, sp in zip(centre, (size, size, slices), new_spacing)]
-    resampled = sitk.Resample(image, (size, size, slices), sitk.Transform(), sitk.sitkLinear, origin,
-                              new_spacing, direction, -1024, sitk.sitkInt16)
+    shape, spacings, direction, origin = centred_grid(image, spacing, size, slices,
+                                                      sitk.DICOMOrient(image, "LPS").GetDirection())
+    resampled = sitk.Resample(image, shape, sitk.Transform(), sitk.sitkLinear, origin, spacings, direction,
+                              -1024, sitk.sitkInt16)
     sitk.WriteImage(resampled, str(path), True)
 
 
@@ -210,9 +226,6 @@ def format_segment_table(rows: List[Dict], model: str, device: str, threads: int
     return f"model {model}, device {device}, {threads} thread(s)\n\n" + markdown_table(header, table)
 
 
-SAMPLE_CT_LABELS = SAMPLE_CT.with_name("abdomen_ct_totalsegmentator_labels.nii.gz")
-
-
 def _resample_pair(image, labels, size, spacing, direction, origin):
     import SimpleITK as sitk
 
@@ -230,14 +243,6 @@ def storage_variants(image, labels, names=None):
     import SimpleITK as sitk
 
     lps = sitk.DICOMOrient(image, "LPS")
-    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
-
-    def grid(spacing, size, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)):
-        matrix = np.asarray(direction).reshape(3, 3)
-        shape = (size, size, image.GetSize()[2])
-        spacings = (spacing, spacing, image.GetSpacing()[2])
-        origin = np.asarray(centre) - matrix @ ((np.asarray(shape) - 1) / 2 * np.asarray(spacings))
-        return shape, spacings, tuple(direction), tuple(origin)
 
     angle = np.deg2rad(15)
     rotation = (np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1)
@@ -245,10 +250,10 @@ def storage_variants(image, labels, names=None):
         "as stored (3 mm, direction -1,-1,1)": lambda: (image, labels),
         "axes flipped (identity direction)": lambda: (lps, sitk.DICOMOrient(labels, "LPS")),
         "axes permuted (x, y swapped)": lambda: (sitk.PermuteAxes(image, [1, 0, 2]), sitk.PermuteAxes(labels, [1, 0, 2])),
-        "0.7 mm, 512 x 512 in-plane": lambda: _resample_pair(image, labels, *grid(0.7, 512)),
-        "1.0 mm, 512 x 512 in-plane": lambda: _resample_pair(image, labels, *grid(1.0, 512)),
-        "oblique: in-plane axes rotated 15 degrees, 0.8 mm": lambda: _resample_pair(image, labels,
-                                                                                 *grid(0.8, 480, rotation)),
+        "0.7 mm, 512 x 512 in-plane": lambda: _resample_pair(image, labels, *centred_grid(image, 0.7, 512)),
+        "1.0 mm, 512 x 512 in-plane": lambda: _resample_pair(image, labels, *centred_grid(image, 1.0, 512)),
+        "oblique: in-plane axes rotated 15 degrees, 0.8 mm": lambda: _resample_pair(
+            image, labels, *centred_grid(image, 0.8, 480, direction=rotation)),
     }
     return {name: build() for name, build in builders.items() if names is None or name in names}
 
