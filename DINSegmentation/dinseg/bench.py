@@ -249,7 +249,8 @@ def storage_variants(image, labels, names=None):
     builders = {
         "as stored (3 mm, direction -1,-1,1)": lambda: (image, labels),
         "axes flipped (identity direction)": lambda: (lps, sitk.DICOMOrient(labels, "LPS")),
-        "axes permuted (x, y swapped)": lambda: (sitk.PermuteAxes(image, [1, 0, 2]), sitk.PermuteAxes(labels, [1, 0, 2])),
+        "axes permuted (x, y swapped)": lambda: (sitk.PermuteAxes(image, [1, 0, 2]),
+                                                 sitk.PermuteAxes(labels, [1, 0, 2])),
         "0.7 mm, 512 x 512 in-plane": lambda: _resample_pair(image, labels, *centred_grid(image, 0.7, 512)),
         "1.0 mm, 512 x 512 in-plane": lambda: _resample_pair(image, labels, *centred_grid(image, 1.0, 512)),
         "oblique: in-plane axes rotated 15 degrees, 0.8 mm": lambda: _resample_pair(
