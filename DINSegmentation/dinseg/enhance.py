@@ -17,6 +17,7 @@ from .preprocess import METHODS, EnhanceConfig
 
 __all__ = ["METHODS", "EnhanceConfig", "enhance", "clahe", "gamma_correct", "unsharp_mask"]
 
+
 def enhance(images: torch.Tensor, config: EnhanceConfig) -> torch.Tensor:
     """Enhance a batch of slices as `config` says.
 

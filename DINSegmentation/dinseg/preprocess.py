@@ -226,7 +226,6 @@ def resize_slices(slices, shape: Tuple[int, int], mode: str = "bilinear"):
     return F.interpolate(slices, size=shape, mode=mode, align_corners=False, antialias=shrinking)
 
 
-
 def _bilinear_taps(size_in: int, size_out: int, device):
     """For each output position: lower and upper source index and the upper one's weight, as
     ``F.interpolate(mode="bilinear", align_corners=False)`` computes them."""
