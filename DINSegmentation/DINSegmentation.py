@@ -65,8 +65,11 @@ enhanced side by side, linked views), and click <b>Segment</b>. The network runs
 terminology. Choose an existing output segmentation to replace its content (<b>Undo replace</b>
 brings it back). <b>Show 3D</b> builds surfaces; <b>Edit in Segment Editor</b> opens the result for
 correction. For a volume sequence (cine), <b>All frames</b> segments every frame into a segmentation
-sequence. Without a GPU, segmentation runs on the CPU.</p>
-<p>Scripting: <code>slicer.util.getModuleLogic("DINSegmentation").segment(volumeNode, model="abdomen-ct-light")</code>;
+sequence; with the cardiac model, the LV and RV volumes, ejection fractions and LV mass then appear
+as a table and a volume curve. Each new input volume gets the installed model for its modality and
+anatomy (CT, abdominal MR, short-axis cine); you may choose another. Without a GPU, segmentation runs
+on the CPU.</p>
+<p>Scripting: <code>slicer.util.getModuleLogic("DINSegmentation").segment(volumeNode)</code> (model chosen for the volume, or <code>model="NAME"</code>);
 training: <code>...train("config.yaml")</code>. Documentation:
 <a href="https://github.com/dinsegmentation/SlicerDINSegmentation">github.com/dinsegmentation/SlicerDINSegmentation</a>.</p>
 <p><b>Please cite:</b> Noh, Jeon and Park, "Dual Interaction Network with Cross-Image Attention for Medical
@@ -142,7 +145,7 @@ class DINSegmentationParameterNode:
     device - auto, cpu or cuda.
     enhancementMethod, enhancementStrength - enhancement for preview (and segmentation, when not "model default").
     outputSegmentation - None: create a new segmentation; a node: replace its content.
-    largestComponent, fillHoles - label clean-up.
+    largestComponent, fillHoles - label clean-up on top of what the model card asks for.
     allFrames - sequences: segment every frame (else the current one).
     """
 
@@ -173,6 +176,7 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._jobVolume = None
+        self._modelChosenFor = None
         self._timer = None
         self._result = None
         self._previewNode = None
@@ -289,10 +293,23 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelInfoLabel.text = summary
 
     # -- GUI state ---------------------------------------------------------------------------
+    def _chooseModelFor(self, volume) -> None:
+        """A newly chosen input volume gets the installed model for its modality and anatomy."""
+        if volume is self._modelChosenFor:
+            return
+        self._modelChosenFor = volume
+        if volume is None or importlib.util.find_spec("torch") is None:
+            return
+        try:
+            self._parameterNode.model = self.logic.model_for_volume(volume).name
+        except Exception as error:  # an empty or odd volume: keep the user's choice
+            logging.info("DINSegmentation: no model chosen for %s (%s)", volume.GetName(), error)
+
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         p = self._parameterNode
         if p is None:
             return
+        self._chooseModelFor(p.inputVolume)
         self._selectModelInCombo(p.model)
         running = self._job is not None
         hasInput = p.inputVolume is not None
@@ -348,8 +365,8 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._jobVolume = p.inputVolume
             job = self.logic.create_job(
                 p.inputVolume, model=p.model, device=p.device, enhancement_method=p.enhancementMethod,
-                enhancement_strength=p.enhancementStrength, largest_component=p.largestComponent,
-                fill_holes=p.fillHoles, output=p.outputSegmentation, all_frames=p.allFrames,
+                enhancement_strength=p.enhancementStrength, largest_component=p.largestComponent or None,
+                fill_holes=p.fillHoles or None, output=p.outputSegmentation, all_frames=p.allFrames,
                 temp_root=slicer.app.temporaryPath)
             job.start()
             self._job = job
@@ -378,6 +395,7 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 with slicer.util.tryWithErrorDisplay(_("Failed to import the segmentation."), waitCursor=True):
                     self._result = job.finish()
                     self._showResult(self._jobVolume)
+                    self._showCardiacFunction(job)
                     self.ui.statusLabel.text = _("Done in {seconds:.1f} s.").format(seconds=job.elapsed)
             else:
                 self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error or job.state)
@@ -397,6 +415,17 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             display.SetVisibility(True)
         if volume is not None and slicer.mrmlScene.IsNodePresent(volume):
             slicer.util.setSliceViewerLayers(background=volume)
+
+    def _showCardiacFunction(self, job) -> None:
+        """After a cine with a cardiac model: the function table and the volume curve (plot layout)."""
+        labelNames = {label.name for label in job.card.labels}
+        if not job.all_frames or "left ventricle" not in labelNames:
+            return
+        _, table, chart = self.logic.cardiac_function_of_sequence(self._result, job.sequence)
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        slicer.modules.plots.logic().ShowChartInLayout(chart)
+        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
 
     def cancelJob(self) -> None:
         if self._timer is not None:

@@ -13,6 +13,17 @@ SAMPLE_CT, SAMPLE_CT_LABELS = SAMPLES / "abdomen_ct.nii.gz", SAMPLES / "abdomen_
 SAMPLE_MR, SAMPLE_MR_LABELS = SAMPLES / "abdomen_mr.nii.gz", SAMPLES / "abdomen_mr_totalsegmentator_labels.nii.gz"
 #: a real multi-frame cardiac cine DICOM, no labels (Testing/data/README.md)
 CINE_DICOM = REPO_ROOT / "Testing" / "data" / "cardiac_cine_dicom" / "MR-MONO2-8-16x-heart.dcm"
+#: real expert-labelled data beside the clone (../shared/data, see its README); tests skip without it
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+ACDC = SHARED_DATA / "acdc" / "training"
+
+
+def acdc_patient(number: int) -> Path:
+    """An ACDC patient folder, or a clean skip where the shared data is absent."""
+    folder = ACDC / f"patient{number:03d}"
+    if not folder.is_dir():
+        pytest.skip(f"needs the ACDC data in {ACDC} (../shared/data beside the clone)")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ vtk = pytest.importorskip("vtk")
 
 import SimpleITK as sitk  # noqa: E402
 
-from slicer_scene import load_volume, make_scene, node_ids, set_volume_voxels  # noqa: E402
+from slicer_scene import add_volume, load_volume, make_scene, node_ids, set_volume_voxels  # noqa: E402
 
 from dinseg import mrml  # noqa: E402
 from dinseg.errors import InputError  # noqa: E402
@@ -715,3 +715,57 @@ def test_module_file_describes_the_module_registers_samples_and_delegates_to_the
         _ = logic.no_such_method
     with pytest.raises(AttributeError):
         _ = logic._private
+
+
+# ------------------------------------------------------------------------------------------
+# cardiac function
+# ------------------------------------------------------------------------------------------
+def _table_rows(table_node):
+    table = table_node.GetTable()
+    return {table.GetValue(row, 0).ToString(): table.GetValue(row, 1).ToDouble()
+            for row in range(table.GetNumberOfRows())}
+
+
+def test_cardiac_function_table_and_curve_from_segmentations_and_from_a_sequence(env, logic):
+    from conftest import acdc_patient
+    from dinseg.cardiac import cardiac_function
+    from dinseg.terminology import ACDC_STRUCTURES
+
+    folder = acdc_patient(90)
+    labels = label_infos_for(ACDC_STRUCTURES)
+    volumes, truths = [], []
+    for frame in (11, 4):  # ES first: ED is found as the frame of largest LV
+        volumes.append(load_volume(env, folder / f"patient090_frame{frame:02d}.nii.gz", f"frame {frame}"))
+        truths.append(sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"patient090_frame{frame:02d}_gt.nii.gz"))))
+    segmentations = [logic.labels_to_segmentation(truth, volume, labels) for truth, volume in zip(truths, volumes)]
+    expected = cardiac_function(truths, volumes[0].GetSpacing(), labels)
+    assert (expected.ed_frame, expected.es_frame) == (1, 0)
+
+    result, table, chart = logic.cardiac_function(segmentations, volumes, name="patient090")
+    assert result.figures == pytest.approx(expected.figures)
+    rows = _table_rows(table)
+    assert rows["LV ejection fraction"] == pytest.approx(expected.figures["lv_ef_percent"])
+    assert rows["LV myocardial mass (ED)"] == pytest.approx(expected.figures["lv_mass_g"])
+    assert rows["ED frame (1 = first)"] == 2
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    series = chart.GetNthPlotSeriesNode(0)
+    curve = series.GetTableNode().GetTable().GetColumnByName(series.GetYColumnName())
+    assert [curve.GetValue(i) for i in range(curve.GetNumberOfTuples())] == pytest.approx(expected.volumes_ml["lv"])
+
+    browser, sequence, _ = add_cine_sequence(env, [mrml.volume_array(v) for v in volumes], matrix(volumes[0]))
+    segmentation_sequence = logic.store_sequence_segmentation(browser, sequence, dict(enumerate(truths)), labels)
+    from_sequence, _, _ = logic.cardiac_function_of_sequence(segmentation_sequence, sequence)
+    assert from_sequence.figures == pytest.approx(expected.figures)
+
+
+def test_cardiac_function_refuses_frames_on_other_grids_before_touching_the_scene(env, logic, cine, card):
+    first = add_volume(env, cine.frames[0], cine.ijk_to_ras, "a")
+    shifted = cine.ijk_to_ras.copy()
+    shifted[0, 3] += 5
+    second = add_volume(env, cine.frames[1], shifted, "b")
+    segmentations = [logic.labels_to_segmentation(labels, volume, card.labels)
+                     for labels, volume in zip(cine.expected[:2], (first, second))]
+    before = node_ids(env.scene)
+    with pytest.raises(InputError, match="another grid"):
+        logic.cardiac_function(segmentations, [first, second])
+    assert node_ids(env.scene) == before

@@ -1,4 +1,4 @@
-"""The ``dinseg`` command: segment, models, train, evaluate, synth, ablation and benchmarks.
+"""The ``dinseg`` command: segment, cardiac-function, models, train, evaluate, synth, ablation, benchmarks.
 
 Every command is a thin layer over the engine; errors meant for the user are printed as one
 line (``dinseg: error: ...``) with exit status 2.
@@ -67,6 +67,15 @@ def _frame_argument(value: str):
     return number - 1
 
 
+def _chosen_model(volume):
+    """The installed model that fits the image (logged with the reason)."""
+    from .infer import model_for
+
+    card, reason = model_for(volume)
+    log.info("model %s %s chosen for this image: %s (--model overrides)", card.name, card.version, reason)
+    return card
+
+
 def run_segment(args) -> int:
     from .infer import Segmenter, StageTimer, check_modality
     from .io import check_output_path, read_volume
@@ -80,20 +89,21 @@ def run_segment(args) -> int:
     source = resolve_input(args.input)
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
-    card = find_model(args.model)
+    named = find_model(args.model) if args.model else None
+    progress = ProgressReporter(args.progress or ("bar" if sys.stderr.isatty() else "none"))
+    timer = StageTimer()
+    with timer.stage("read"):
+        volume = read_volume(source)
+    card = named or _chosen_model(volume)
     trained = card.preprocessing.enhancement
     enhancement = override_enhancement(trained, args.enhance, args.enhance_strength)
     if enhancement is not None:
         log.warning("enhancing with %s at strength %g instead of the model's %s at %g; the model was trained "
                     "with the latter", enhancement.method, enhancement.strength, trained.method, trained.strength)
-    progress = ProgressReporter(args.progress or ("bar" if sys.stderr.isatty() else "none"))
-    timer = StageTimer()
     with timer.stage("load model"):
         segmenter = Segmenter(card, device=args.device, enhancement=enhancement, batch_size=args.batch_size,
                               largest_component=args.largest_component, fill_holes=args.fill_holes,
                               progress=progress)
-    with timer.stage("read"):
-        volume = read_volume(source)
     check_modality(volume, card, strict=args.strict)
     if volume.is_time_series and args.frames is None and output.name.endswith(".seg.nrrd"):
         raise InputError(f"{args.input} is a time series of {volume.frames} frames; .seg.nrrd holds one "
@@ -115,6 +125,72 @@ def run_segment(args) -> int:
     progress.event(event="done", output=str(output), seconds=timer.seconds)
     print(f"dinseg: wrote {output} ({card.name} {card.version}, device {result.device}, "
           f"{torch.get_num_threads()} CPU threads)\n{timer.table()}", file=sys.stderr)
+    return 0
+
+
+def _cardiac_labels(args):
+    """(label frames, voxel spacing (x, y, z) mm, label infos, name) for ``cardiac-function``.
+
+    INPUT is a 4D cine or an ED and an ES volume; images are segmented with the cardiac model
+    (or --model), labelmaps (--labels) and .seg.nrrd files are read as they are.
+    """
+    from .infer import Segmenter
+    from .io import read_volume
+    from .models import choose_model, find_model
+    from .segfile import read_labels
+
+    sources = [resolve_input(name) for name in args.inputs]
+    if len(sources) > 2:
+        raise InputError("give one 4D cine, or one ED and one ES volume (at most two inputs)")
+    for source in sources:
+        if not source.exists():
+            raise InputError(f"{source}: no such file or folder")
+    card = find_model(args.model) if args.model else choose_model("MR", "heart")
+    as_labels = args.labels or all(s.name.lower().endswith(".seg.nrrd") for s in sources)
+    frames, geometries, infos = [], [], card.labels
+    segmenter = None
+    for source in sources:
+        if as_labels:
+            labels, geometry, _, infos = read_labels(source, card.labels)
+        else:
+            volume = read_volume(source)
+            segmenter = segmenter or Segmenter(card, device=args.device)
+            labels, geometry = segmenter.segment(volume).labels, volume.geometry
+        frames += list(labels) if labels.ndim == 4 else [labels]
+        geometries.append(geometry)
+    if len(sources) == 1 and len(frames) < 2:
+        raise InputError(f"{sources[0]}: {'has one frame' if labels.ndim == 4 else 'is a 3D volume'}; cardiac "
+                         "function needs a 4D cine, or an ED and an ES volume (two inputs)")
+    if len(geometries) == 2 and not geometries[0].matches(geometries[1]):
+        raise InputError(f"{sources[0]} and {sources[1]} lie on different grids (size, spacing, origin or "
+                         "direction differ); ED and ES must be frames of one acquisition")
+    name = " + ".join(Path(str(s)).name for s in sources)
+    return frames, geometries[0].spacing, infos, name
+
+
+def run_cardiac_function(args) -> int:
+    from .cardiac import cardiac_function, plot_volume_curve, write_csv, write_json
+    from .io import check_output_path
+
+    outputs = {".csv": args.csv, ".json": args.json, ".png": args.plot}
+    for extension, path in outputs.items():
+        if path:
+            check_output_path(path, extensions=(extension,))
+    frames, spacing, infos, name = _cardiac_labels(args)
+    result = cardiac_function(frames, spacing, infos,
+                              ed_frame=None if args.ed is None else args.ed - 1,
+                              es_frame=None if args.es is None else args.es - 1,
+                              height_cm=args.height, weight_kg=args.weight)
+    print(f"{name}\n{result.table()}")
+    if args.csv:
+        write_csv(args.csv, result)
+    if args.json:
+        write_json(args.json, result)
+    if args.plot:
+        plot_volume_curve(args.plot, result, title=name)
+    written = [str(path) for path in outputs.values() if path]
+    if written:
+        print(f"dinseg: wrote {', '.join(written)}", file=sys.stderr)
     return 0
 
 
@@ -210,7 +286,8 @@ def run_train(args) -> int:
 
 def run_evaluate(args) -> int:
     from .data import open_dataset, split_cases, load_split_file
-    from .evaluate import evaluate_cases, write_report
+    from .evaluate import CardiacAgreement, evaluate_cases, write_report
+    from .infer import Segmenter
     from .models import find_model
 
     card = find_model(args.model)
@@ -227,10 +304,16 @@ def run_evaluate(args) -> int:
     if [label.name for label in card.labels] != list(dataset.class_names):
         log.warning("model classes %s differ from the dataset's %s; scoring by label value",
                     [label.name for label in card.labels], dataset.class_names)
-    per_case = evaluate_cases(card, cases, device=args.device)
+    phases = {case.case_id: case.phase for case in cases}
+    cardiac = CardiacAgreement(card.labels) if any(phases.values()) and any(
+        label.name == "left ventricle" for label in card.labels) else None
+    segmenter = Segmenter(card, device=args.device, largest_component=args.largest_component,
+                          fill_holes=args.fill_holes)
+    per_case = evaluate_cases(card, cases, segmenter=segmenter, on_case=cardiac.add if cardiac else None)
     if not per_case:
         raise InputError("no labelled case to evaluate")
-    report = write_report(per_case, [label.name for label in card.labels], args.output)
+    report = write_report(per_case, [label.name for label in card.labels], args.output, phases=phases,
+                          cardiac=cardiac)
     print(report.read_text(encoding="utf-8"))
     print(f"dinseg: wrote {report} and {report.with_suffix('.csv')}", file=sys.stderr)
     return 0
@@ -286,6 +369,14 @@ def run_bench_robustness(args) -> int:
     return 0
 
 
+def _add_cleanup_options(parser: argparse.ArgumentParser) -> None:
+    default = "(default: as the model card says)"
+    parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"keep each structure's largest 3D component {default}")
+    parser.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"fill holes enclosed by a structure {default}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinseg", description="Dual Interaction Network organ segmentation.")
     parser.add_argument("--version", action="version", version=f"dinseg {__version__}")
@@ -299,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("-o", "--output", required=True,
                          help="output .seg.nrrd (Slicer segmentation with names, colours, terminology), "
                               ".nrrd, .nii.gz, .nii or .mha (labelmap)")
-    segment.add_argument("--model", default="abdomen-ct-light", help="installed model name or model card path "
-                                                                      "(default: %(default)s; see 'dinseg models')")
+    segment.add_argument("--model", help="installed model name or model card path (default: the installed model "
+                                         "for the image's modality and anatomy; see 'dinseg models')")
     segment.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     segment.add_argument("--enhance", choices=("none", "clahe", "gamma", "unsharp"),
                          help="override the model's enhancement (for experiments)")
@@ -309,13 +400,32 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--preview", metavar="PNG", help="also write original | enhanced | overlay at three slices")
     segment.add_argument("--frames", type=_frame_argument, default=None, metavar="all|N",
                          help="for a 4D cine: all frames (default) or frame N, counting from 1")
-    segment.add_argument("--largest-component", action="store_true", help="keep each organ's largest 3D component")
-    segment.add_argument("--fill-holes", action="store_true", help="fill holes enclosed by an organ")
+    _add_cleanup_options(segment)
     segment.add_argument("--batch-size", type=int, help="slices per forward pass (default: from free memory)")
     segment.add_argument("--strict", action="store_true", help="refuse an image whose modality does not match the model")
     segment.add_argument("--progress", choices=("bar", "json", "none"),
                          help="progress display (default: a bar when stderr is a terminal)")
     segment.set_defaults(handler=run_segment)
+
+    cardiac = commands.add_parser(
+        "cardiac-function", help="LV and RV volumes, ejection fraction and myocardial mass from a cine",
+        description="Cardiac function from a 4D short-axis cine, or an ED and an ES volume (segmented with the "
+                    "cardiac model), or from labels already made (--labels; .seg.nrrd files are recognised). "
+                    "Volumes are voxel counts x voxel volume; ED and ES are the frames of largest and smallest "
+                    "LV volume unless given; myocardial mass at ED, 1.05 g/mL. Frames count from 1.")
+    cardiac.add_argument("inputs", nargs="+", metavar="INPUT", help="a 4D cine, or ED and ES volumes")
+    cardiac.add_argument("--labels", action="store_true",
+                         help="the inputs are labelmaps (values as the model's labels: 1 RV, 2 myocardium, 3 LV)")
+    cardiac.add_argument("--model", help="cardiac model name or card path (default: the installed short-axis model)")
+    cardiac.add_argument("--ed", type=int, metavar="N", help="end-diastolic frame number (1 = first)")
+    cardiac.add_argument("--es", type=int, metavar="N", help="end-systolic frame number (1 = first)")
+    cardiac.add_argument("--height", type=float, metavar="CM", help="height in cm (with --weight: indexed values)")
+    cardiac.add_argument("--weight", type=float, metavar="KG", help="weight in kg (with --height: indexed values)")
+    cardiac.add_argument("--csv", metavar="FILE", help="write the figures as CSV")
+    cardiac.add_argument("--json", metavar="FILE", help="write the figures and per-frame volumes as JSON")
+    cardiac.add_argument("--plot", metavar="PNG", help="write LV and RV volume over the cardiac cycle")
+    cardiac.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    cardiac.set_defaults(handler=run_cardiac_function)
 
     models = commands.add_parser("models", help="list or import model cards")
     models_commands = models.add_subparsers(dest="models_command", metavar="list|import")
@@ -343,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     evaluate.add_argument("-o", "--output", default="evaluation", help="folder for evaluation.csv and .md")
+    _add_cleanup_options(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
     synth = commands.add_parser("synth", help="write a synthetic cardiac short-axis PHANTOM in the ACDC layout")

@@ -6,7 +6,7 @@ import csv
 import logging
 import math
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -18,12 +18,14 @@ log = logging.getLogger("dinseg")
 PerCase = Dict[str, Dict[int, Dict[str, float]]]
 
 
-def evaluate_cases(card, cases, device: str = "auto", segmenter=None) -> PerCase:
+def evaluate_cases(card, cases, device: str = "auto", segmenter=None,
+                   on_case: Optional[Callable[[object, np.ndarray, np.ndarray, object], None]] = None) -> PerCase:
     """Segment each labelled case with the model and score it on the case's own grid.
 
     cases: :class:`dinseg.data.CaseRecord` objects; cases without labels are skipped with a
     message. The segmentation goes through the same :class:`~dinseg.infer.Segmenter` as
-    ``dinseg segment``, so these numbers describe what users get.
+    ``dinseg segment``, so these numbers describe what users get. on_case(case, prediction,
+    truth, geometry) sees each case's (z, y, x) labels.
     """
     from .infer import Segmenter
 
@@ -37,6 +39,8 @@ def evaluate_cases(card, cases, device: str = "auto", segmenter=None) -> PerCase
         prediction = segmenter.segment(volume).labels
         per_case[case.case_id] = dice_and_hd95(prediction, truth, tuple(reversed(volume.geometry.spacing)),
                                                card.num_classes)
+        if on_case is not None:
+            on_case(case, prediction, truth, volume.geometry)
     return per_case
 
 
@@ -80,18 +84,96 @@ def markdown_report(per_case: PerCase, class_names: Sequence[str]) -> str:
     return markdown_table(header, rows)
 
 
-def write_report(per_case: PerCase, class_names: Sequence[str], folder) -> Path:
-    """Write ``evaluation.csv`` (one row per case and class) and ``evaluation.md``; returns the markdown path."""
+def phase_report(per_case: PerCase, phases: Dict[str, str], class_names: Sequence[str]) -> str:
+    """Mean ± sd Dice and HD95 per class for each cardiac phase (ED, ES), as the ACDC challenge reports."""
+    header = ["phase", "cases"] + [f"{name} Dice" for name in class_names] + ["mean Dice"] + \
+             [f"{name} HD95 (mm)" for name in class_names]
+    rows = []
+    for phase in sorted(set(phases.values())):
+        scores = [per_case[case_id] for case_id, p in phases.items() if p == phase and case_id in per_case]
+        values = range(1, len(class_names) + 1)
+        dice = [format_mean_std(*_mean_std([s[v]["dice"] for s in scores])) for v in values]
+        case_dice = [_mean_std([s[v]["dice"] for v in values])[0] for s in scores]
+        hd95 = [format_mean_std(*_mean_std([s[v]["hd95"] for s in scores]), 1) for v in values]
+        rows.append([phase, str(len(scores))] + dice + [format_mean_std(*_mean_std(case_dice))] + hd95)
+    return markdown_table(header, rows)
+
+
+#: (figure key, column title) compared between the model's labels and the expert's
+CARDIAC_FIGURES = (("lv_ef_percent", "LV EF (%)"), ("rv_ef_percent", "RV EF (%)"), ("lv_edv_ml", "LV EDV (mL)"),
+                   ("lv_esv_ml", "LV ESV (mL)"), ("rv_edv_ml", "RV EDV (mL)"), ("rv_esv_ml", "RV ESV (mL)"),
+                   ("lv_mass_g", "LV mass (g)"))
+
+
+class CardiacAgreement:
+    """Collects ED and ES labels per patient during :func:`evaluate_cases` (pass :meth:`add` as
+    on_case) and compares the cardiac function of the model's labels with the expert's."""
+
+    def __init__(self, label_infos):
+        self.label_infos = label_infos
+        self.frames: Dict[str, Dict[str, tuple]] = {}
+
+    def add(self, case, prediction: np.ndarray, truth: np.ndarray, geometry) -> None:
+        if case.phase in ("ED", "ES"):
+            self.frames.setdefault(case.group, {})[case.phase] = (prediction, truth, geometry.spacing)
+
+    def figures(self) -> Dict[str, Dict[str, Dict[str, float]]]:
+        """patient -> {"model": figures, "expert": figures}, ED and ES as the dataset names them."""
+        from .cardiac import cardiac_function
+
+        results = {}
+        for patient, phases in sorted(self.frames.items()):
+            if set(phases) != {"ED", "ES"}:
+                continue
+            (ed_pred, ed_true, spacing), (es_pred, es_true, _) = phases["ED"], phases["ES"]
+            results[patient] = {
+                source: cardiac_function(frames, spacing, self.label_infos, ed_frame=0, es_frame=1).figures
+                for source, frames in (("model", [ed_pred, es_pred]), ("expert", [ed_true, es_true]))}
+        return results
+
+    def report(self) -> str:
+        """Markdown: mean absolute error, bias (model - expert) and the worst error of each figure."""
+        figures = self.figures()
+        if not figures:
+            return ""
+        rows = []
+        for key, title in CARDIAC_FIGURES:
+            errors = [f["model"][key] - f["expert"][key] for f in figures.values()
+                      if f["model"].get(key) is not None and f["expert"].get(key) is not None]
+            if not errors:
+                continue
+            errors = np.asarray(errors)
+            rows.append([title, str(len(errors)), f"{np.abs(errors).mean():.1f}",
+                         f"{errors.mean():+.1f} ± {errors.std():.1f}", f"{np.abs(errors).max():.1f}"])
+        return markdown_table(["figure", "patients", "mean absolute error", "bias ± sd (model - expert)",
+                               "largest error"], rows)
+
+
+def write_report(per_case: PerCase, class_names: Sequence[str], folder, phases: Optional[Dict[str, str]] = None,
+                 cardiac: Optional[CardiacAgreement] = None) -> Path:
+    """Write ``evaluation.csv`` (one row per case and class) and ``evaluation.md`` (per case; per
+    cardiac phase and the cardiac-function agreement when given); returns the markdown path."""
+    from .io import atomic_output
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "evaluation.csv", "w", newline="", encoding="utf-8") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["case", "class", "dice", "hd95_mm"])
-        for case_id, scores in per_case.items():
-            for value, name in enumerate(class_names, start=1):
-                writer.writerow([case_id, name, scores[value]["dice"], scores[value]["hd95"]])
+    with atomic_output(folder / "evaluation.csv") as temporary:
+        with open(temporary, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["case", "class", "dice", "hd95_mm"])
+            for case_id, scores in per_case.items():
+                for value, name in enumerate(class_names, start=1):
+                    writer.writerow([case_id, name, scores[value]["dice"], scores[value]["hd95"]])
+    text = markdown_report(per_case, class_names)
+    if phases and any(phases.values()):
+        text += "\nPer phase:\n\n" + phase_report(per_case, phases, class_names)
+    agreement = cardiac.report() if cardiac is not None else ""
+    if agreement:
+        text += "\nCardiac function, model against expert labels (ED and ES frames as the dataset names them):\n\n"
+        text += agreement
     markdown = folder / "evaluation.md"
-    markdown.write_text(markdown_report(per_case, class_names), encoding="utf-8")
+    with atomic_output(markdown) as temporary:
+        temporary.write_text(text, encoding="utf-8")
     return markdown
 
 

@@ -75,6 +75,28 @@ def guess_modality(array: np.ndarray) -> str:
     return "CT" if float(array.min()) < -500 else "MR"
 
 
+def guess_anatomy(volume: ImageVolume, modality: str) -> str:
+    """'heart' for what looks like a short-axis cine stack (MR: a time series, or at most 25
+    slices at least 5 mm apart), else 'abdomen'."""
+    if modality.upper() != "MR":
+        return "abdomen"
+    slices = volume.array.shape[-3]
+    if volume.is_time_series or (slices <= 25 and volume.geometry.spacing[2] >= 5.0):
+        return "heart"
+    return "abdomen"
+
+
+def model_for(volume: ImageVolume):
+    """(card, reason): the installed model that fits this image's modality and anatomy."""
+    from .models import choose_model
+
+    modality = volume.modality or guess_modality(volume.array)
+    source = "DICOM Modality" if volume.modality else "intensities"
+    anatomy = guess_anatomy(volume, modality)
+    card = choose_model(modality, anatomy)
+    return card, f"{modality} ({source}), {'short-axis cine' if anatomy == 'heart' else anatomy}"
+
+
 def check_modality(volume: ImageVolume, card: ModelCard, strict: bool = False, name: str = "the image") -> None:
     """Warn (or, with ``strict``, refuse) when the image's modality is not the model's.
 
@@ -125,10 +147,13 @@ class Segmenter:
     per forward pass; None chooses from free memory. On a CUDA out-of-memory error the batch
     is halved, and at one slice the work falls back to the CPU with a warning. network: an
     in-memory network to use instead of the card's weights (validation during training).
+    largest_component / fill_holes: None takes the card's ``postprocessing`` (the clean-up the
+    model was measured with), True or False overrides it.
     """
 
     def __init__(self, card: ModelCard, device: str = "auto", enhancement: Optional[EnhanceConfig] = None,
-                 batch_size: Optional[int] = None, largest_component: bool = False, fill_holes: bool = False,
+                 batch_size: Optional[int] = None, largest_component: Optional[bool] = None,
+                 fill_holes: Optional[bool] = None,
                  progress: Optional[ProgressCallback] = None, network=None):
         import torch
 
@@ -136,8 +161,10 @@ class Segmenter:
         self.device = resolve_device(device)
         self.enhancement = enhancement or card.preprocessing.enhancement
         self.requested_batch_size = batch_size
-        self.largest_component = largest_component
-        self.fill_holes = fill_holes
+        defaults = card.postprocessing
+        self.largest_component = bool(defaults.get("largest_component", False)
+                                      if largest_component is None else largest_component)
+        self.fill_holes = bool(defaults.get("fill_holes", False) if fill_holes is None else fill_holes)
         self.progress = progress or (lambda stage, done, total: None)
         self.network = load_network(card, self.device) if network is None else network.to(self.device)
         self.uses_enhanced = self.network.uses_enhanced

@@ -48,8 +48,12 @@ class ImageVolume:
 
 
 def _sitk():
+    """SimpleITK, with ITK's own warnings off: our checks report what matters in one line (ACDC's
+    NIfTI headers, for one, make ITK print a wall of "unexpected scales in sform" for files that read
+    correctly)."""
     import SimpleITK as sitk
 
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     return sitk
 
 

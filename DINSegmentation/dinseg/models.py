@@ -58,6 +58,8 @@ class ModelCard:
     training: Dict[str, Any] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
     limitations: str = ""
+    anatomy: str = ""  # "heart" (short-axis cine) or "abdomen": chooses the model for an image
+    postprocessing: Dict[str, bool] = field(default_factory=dict)  # {"largest_component": .., "fill_holes": ..}
     path: Optional[Path] = None  # the card file it was read from (not serialised)
 
     @property
@@ -86,7 +88,8 @@ class ModelCard:
                 "preprocessing": self.preprocessing.to_dict(), "network": self.network.to_dict(),
                 "weights": dict(file=self.weights.file, sha256=self.weights.sha256,
                                 bytes=self.weights.bytes, dtype=self.weights.dtype),
-                "training": self.training, "metrics": self.metrics, "limitations": self.limitations}
+                "training": self.training, "metrics": self.metrics, "limitations": self.limitations,
+                "anatomy": self.anatomy, "postprocessing": self.postprocessing}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], path: Optional[Path] = None) -> "ModelCard":
@@ -101,6 +104,7 @@ class ModelCard:
                        network=NetConfig.from_dict(data["network"]),
                        weights=WeightsInfo(**data["weights"]), training=data.get("training", {}),
                        metrics=data.get("metrics", {}), limitations=data.get("limitations", ""),
+                       anatomy=data.get("anatomy", ""), postprocessing=dict(data.get("postprocessing", {})),
                        path=path)
         except (KeyError, TypeError, ValueError) as error:
             raise ModelError(f"invalid model card: {error}") from None
@@ -226,6 +230,22 @@ def find_model(name_or_path) -> ModelCard:
             return card
     known = ", ".join(card.name for card in installed) or "none"
     raise ModelError(f"unknown model {name_or_path!r}; installed models: {known}")
+
+
+def choose_model(modality: str, anatomy: str) -> ModelCard:
+    """The installed model for an image of ``modality`` ("CT", "MR") showing ``anatomy``
+    ("heart", "abdomen"): same modality and anatomy first, then same modality, then same
+    anatomy, then any (the caller warns about a modality mismatch)."""
+    installed = newest_models()
+    if not installed:
+        raise ModelError("no models installed (see 'dinseg models import')")
+
+    def rank(card: ModelCard):
+        same_modality = card.modality.upper() == modality.upper()
+        same_anatomy = card.anatomy == anatomy
+        return (not (same_modality and same_anatomy), not same_modality, not same_anatomy)
+
+    return min(installed, key=rank)
 
 
 def _version_key(version: str):

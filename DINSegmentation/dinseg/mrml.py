@@ -45,7 +45,7 @@ from vtk.util import numpy_support
 from .errors import InputError
 from .geometry import Geometry
 from .io import ImageVolume, check_voxels
-from .terminology import TERMINOLOGY_CONTEXT, LabelInfo, segment_id, slicer_terminology_entry
+from .terminology import GENERIC_STRUCTURE, TERMINOLOGY_CONTEXT, LabelInfo, segment_id, slicer_terminology_entry
 
 log = logging.getLogger("dinseg")
 
@@ -53,7 +53,6 @@ MODULE_DIR = Path(__file__).resolve().parent.parent
 """The folder holding the ``dinseg`` package (Slicer's module folder): PYTHONPATH of child processes."""
 TERMINOLOGY_FILE = (Path(__file__).resolve().parent / "assets" / "terminology"
                     / "SegmentationCategoryTypeModifier-DINSegmentation.term.json")
-DEFAULT_MODEL = "abdomen-ct-light"
 #: display range of enhanced preview volumes (enhanced values 0..1 are scaled to it)
 PREVIEW_RANGE = (0.0, 1000.0)
 BINARY_LABELMAP = "Binary labelmap"
@@ -216,10 +215,18 @@ def segmentation_to_labels(segmentation_node, reference_volume, label_infos: Opt
     return array.astype(np.uint8)
 
 
-def _card_of(model):
-    """A ModelCard from a card, a card path, a model folder or an installed model name."""
+def _card_of(model, image: Optional[ImageVolume] = None):
+    """A ModelCard from a card, a card path, a model folder or an installed model name; for
+    ``model`` None, the installed model that fits ``image`` (its modality and anatomy)."""
+    from .infer import model_for
     from .models import ModelCard, find_model
 
+    if model is None:
+        if image is None:
+            raise InputError("no model given and no image to choose one for")
+        card, reason = model_for(image)
+        log.info("model %s chosen: %s", card.name, reason)
+        return card
     return model if isinstance(model, ModelCard) else find_model(model)
 
 
@@ -291,17 +298,23 @@ class DINSegmentationMRMLLogic:
 
     # -- models ------------------------------------------------------------------------------
     @staticmethod
-    def card(model=DEFAULT_MODEL):
+    def card(model):
         """The model card for a name, card path or folder (ModelError if unknown)."""
         return _card_of(model)
 
-    def _get_segmenter(self, card, device: str, enhancement, largest_component: bool, fill_holes: bool,
+    @staticmethod
+    def model_for_volume(volume_node):
+        """The installed model card that fits this volume (its modality and anatomy): the module's default."""
+        return _card_of(None, volume_to_image(volume_node))
+
+    def _get_segmenter(self, card, device: str, enhancement, largest_component: Optional[bool],
+                       fill_holes: Optional[bool],
                        progress: Optional[ProgressCallback]):
         from .infer import Segmenter
 
         key = (str(card.path), card.name, card.version, card.weights.sha256, device,
                json.dumps(enhancement.to_dict(), sort_keys=True) if enhancement else None,
-               bool(largest_component), bool(fill_holes))
+               largest_component, fill_holes)
         if self._segmenter is None or self._segmenter[0] != key:
             self._segmenter = None  # free the previous network first
             self._segmenter = (key, Segmenter(card, device=device, enhancement=enhancement,
@@ -315,12 +328,13 @@ class DINSegmentationMRMLLogic:
         self._segmenter = None
 
     # -- synchronous segmentation ------------------------------------------------------------
-    def segment(self, volume_node, model=DEFAULT_MODEL, device: str = "auto", enhancement=None,
-                largest_component: bool = False, fill_holes: bool = False, output=None,
+    def segment(self, volume_node, model=None, device: str = "auto", enhancement=None,
+                largest_component: Optional[bool] = None, fill_holes: Optional[bool] = None, output=None,
                 progress: Optional[ProgressCallback] = None):
         """Segment a scalar volume in this process; returns the segmentation node.
 
-        model: installed name, card path or ModelCard. enhancement: None (the card's), a method
+        model: installed name, card path or ModelCard (None: the model for the volume's modality
+        and anatomy, see :meth:`model_for_volume`). enhancement: None (the card's), a method
         name, a dict of EnhanceConfig fields, or an EnhanceConfig. output: None for a new node
         "<volume> DIN segmentation", or an existing segmentation node whose content is replaced
         (same node, display node kept; :meth:`undo_last_replace` brings the old content back).
@@ -328,9 +342,9 @@ class DINSegmentationMRMLLogic:
         """
         from .infer import check_modality
 
-        card = _card_of(model)
         image = volume_to_image(volume_node)
         check_voxels(image.array, volume_node.GetName())
+        card = _card_of(model, image)
         check_modality(image, card, name=volume_node.GetName())
         segmenter = self._get_segmenter(card, device, _enhancement_from(card, enhancement),
                                         largest_component, fill_holes, progress)
@@ -498,8 +512,8 @@ class DINSegmentationMRMLLogic:
             return None, None
         return browser, browser.GetSequenceNode(volume_node)
 
-    def segment_sequence(self, browser_node, volume_sequence_node=None, model=DEFAULT_MODEL, device: str = "auto",
-                         enhancement=None, largest_component: bool = False, fill_holes: bool = False,
+    def segment_sequence(self, browser_node, volume_sequence_node=None, model=None, device: str = "auto",
+                         enhancement=None, largest_component: Optional[bool] = None, fill_holes: Optional[bool] = None,
                          all_frames: bool = True, output_sequence=None,
                          progress: Optional[ProgressCallback] = None):
         """Segment the frames of a volume sequence into a segmentation sequence.
@@ -510,10 +524,10 @@ class DINSegmentationMRMLLogic:
         shown for the current frame) is ``browser_node.GetProxyNode(result)``.
         Returns the segmentation sequence node.
         """
-        card = _card_of(model)
         sequence = volume_sequence_node or browser_node.GetMasterSequenceNode()
         if sequence is None or sequence.GetNumberOfDataNodes() == 0:
             raise InputError(f"{browser_node.GetName()}: the sequence has no frames")
+        card = _card_of(model, None if model is not None else volume_to_image(sequence.GetNthDataNode(0)))
         frames = self._frame_indices(browser_node, sequence, all_frames)
         segmenter = self._get_segmenter(card, device, _enhancement_from(card, enhancement),
                                         largest_component, fill_holes, None)
@@ -566,10 +580,101 @@ class DINSegmentationMRMLLogic:
             proxy.CreateDefaultDisplayNodes()
         return output_sequence
 
+    # -- cardiac function --------------------------------------------------------------------
+    def cardiac_function(self, segmentation_nodes: Sequence[Any], volume_nodes: Sequence[Any],
+                         ed_frame: Optional[int] = None, es_frame: Optional[int] = None,
+                         height_cm: Optional[float] = None, weight_kg: Optional[float] = None,
+                         name: str = "DIN cardiac function"):
+        """Cardiac function of segmented frames, shown as a table and a volume curve.
+
+        segmentation_nodes[i] segments volume_nodes[i] (frames in time order: a cine's
+        frames, or an ED and an ES volume); segments are recognised by name (right ventricle,
+        myocardium, left ventricle). All volumes must share one grid. ed_frame / es_frame are
+        0-based (default: largest / smallest LV). Everything is computed before the scene is
+        touched. Returns (CardiacFunction, table node, plot chart node).
+        """
+        from .cardiac import cardiac_function
+
+        if len(segmentation_nodes) != len(volume_nodes):
+            raise InputError(f"{len(segmentation_nodes)} segmentations for {len(volume_nodes)} volumes")
+        if not volume_nodes:
+            raise InputError("no frames: cardiac function needs an ED and an ES frame at least")
+        grid = volume_to_image(volume_nodes[0]).geometry
+        for volume in volume_nodes[1:]:
+            if not volume_to_image(volume).geometry.matches(grid):
+                raise InputError(f"{volume.GetName()}: lies on another grid than {volume_nodes[0].GetName()}; "
+                                 "the frames must come from one acquisition")
+        segmentation = segmentation_nodes[0].GetSegmentation()
+        infos = [LabelInfo(value=i + 1, name=segmentation.GetNthSegment(i).GetName(), color=(0, 0, 0),
+                           type=GENERIC_STRUCTURE) for i in range(segmentation.GetNumberOfSegments())]
+        labels = [segmentation_to_labels(node, volume) for node, volume in zip(segmentation_nodes, volume_nodes)]
+        result = cardiac_function(labels, grid.spacing, infos, ed_frame=ed_frame, es_frame=es_frame,
+                                  height_cm=height_cm, weight_kg=weight_kg)
+        table, chart = self.show_cardiac_function(result, name)
+        return result, table, chart
+
+    def cardiac_function_of_sequence(self, segmentation_sequence, volume_sequence, **options):
+        """:meth:`cardiac_function` of every frame of a segmentation sequence (from
+        :meth:`segment_sequence`) and its volume sequence; frames matched by index value."""
+        segmentations, volumes = [], []
+        for index in range(volume_sequence.GetNumberOfDataNodes()):
+            value = volume_sequence.GetNthIndexValue(index)
+            segmentation = segmentation_sequence.GetDataNodeAtValue(value)
+            if segmentation is None:
+                raise InputError(f"{volume_sequence.GetName()}: frame {index + 1} is not segmented; segment all frames")
+            segmentations.append(segmentation)
+            volumes.append(volume_sequence.GetNthDataNode(index))
+        return self.cardiac_function(segmentations, volumes, **options)
+
+    def show_cardiac_function(self, result, name: str = "DIN cardiac function"):
+        """A table node of the figures and a plot chart of LV and RV volume per frame (new nodes)."""
+        table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        columns = [vtk.vtkStringArray(), vtk.vtkDoubleArray(), vtk.vtkStringArray(), vtk.vtkDoubleArray()]
+        for column, title in zip(columns, ("quantity", "value", "unit", "per m2 body surface")):
+            column.SetName(title)
+        rows = [("ED frame (1 = first)", result.ed_frame + 1, "", None),
+                ("ES frame (1 = first)", result.es_frame + 1, "", None)]
+        rows += [(label, result.figures.get(key), unit, result.indexed(key)) for key, label, unit in result.ROWS]
+        for label, value, unit, indexed in rows:
+            columns[0].InsertNextValue(label)
+            columns[1].InsertNextValue(np.nan if value is None else float(value))
+            columns[2].InsertNextValue(unit)
+            columns[3].InsertNextValue(np.nan if indexed is None else float(indexed))
+        for column in columns:
+            table.AddColumn(column)
+
+        curves = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} volumes")
+        frame_column = vtk.vtkDoubleArray()
+        frame_column.SetName("frame")
+        for frame in range(result.frames):
+            frame_column.InsertNextValue(frame + 1)
+        curves.AddColumn(frame_column)
+        chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} chart")
+        chart.SetTitle("ventricular volume over the cardiac cycle")
+        chart.SetXAxisTitle("frame (1 = first)")
+        chart.SetYAxisTitle("volume (mL)")
+        for key, title, colour in (("lv", "LV volume (mL)", (0.84, 0.15, 0.16)),
+                                   ("rv", "RV volume (mL)", (0.12, 0.47, 0.71))):
+            if key not in result.volumes_ml:
+                continue
+            column = vtk.vtkDoubleArray()
+            column.SetName(title)
+            for value in result.volumes_ml[key]:
+                column.InsertNextValue(value)
+            curves.AddColumn(column)
+            series = self.scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} {key.upper()}")
+            series.SetAndObserveTableNodeID(curves.GetID())
+            series.SetXColumnName("frame")
+            series.SetYColumnName(title)
+            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            series.SetColor(*colour)
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        return table, chart
+
     # -- background job ----------------------------------------------------------------------
-    def create_job(self, volume_node, model=DEFAULT_MODEL, device: str = "auto",
+    def create_job(self, volume_node, model=None, device: str = "auto",
                    enhancement_method: Optional[str] = None, enhancement_strength: Optional[float] = None,
-                   largest_component: bool = False, fill_holes: bool = False, output=None,
+                   largest_component: Optional[bool] = None, fill_holes: Optional[bool] = None, output=None,
                    all_frames: bool = False, python: Optional[str] = None,
                    temp_root: Optional[str] = None) -> "SegmentationJob":
         """A :class:`SegmentationJob` for this volume (a sequence proxy: its frames), not started."""
@@ -659,16 +764,16 @@ class SegmentationJob:
 
     ERROR_PREFIX = "dinseg: error: "
 
-    def __init__(self, logic: DINSegmentationMRMLLogic, volume_node, model=DEFAULT_MODEL, device: str = "auto",
+    def __init__(self, logic: DINSegmentationMRMLLogic, volume_node, model=None, device: str = "auto",
                  enhancement_method: Optional[str] = None, enhancement_strength: Optional[float] = None,
-                 largest_component: bool = False, fill_holes: bool = False, output=None,
+                 largest_component: Optional[bool] = None, fill_holes: Optional[bool] = None, output=None,
                  all_frames: bool = False, python: Optional[str] = None, temp_root: Optional[str] = None,
                  extra_args: Sequence[str] = ()):
         from .preprocess import chosen_method
 
         self.logic = logic
         self.volume_node = volume_node
-        self.card = _card_of(model)
+        self.card = _card_of(model, None if model is not None else volume_to_image(volume_node))
         self.device = device
         self.enhancement_method = chosen_method(enhancement_method)
         self.enhancement_strength = enhancement_strength
@@ -723,10 +828,9 @@ class SegmentationJob:
             args += ["--enhance", self.enhancement_method]
         if self.enhancement_strength is not None:
             args += ["--enhance-strength", f"{self.enhancement_strength:g}"]
-        if self.largest_component:
-            args.append("--largest-component")
-        if self.fill_holes:
-            args.append("--fill-holes")
+        for flag, value in (("largest-component", self.largest_component), ("fill-holes", self.fill_holes)):
+            if value is not None:  # None: the model card's clean-up
+                args.append(f"--{flag}" if value else f"--no-{flag}")
         return args + self.extra_args
 
     def _log(self, line: str) -> None:

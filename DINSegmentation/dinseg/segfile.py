@@ -9,7 +9,7 @@ import numpy as np
 from .errors import InputError
 from .geometry import Geometry
 from .io import array_to_sitk, atomic_output, output_extension, write_image
-from .terminology import LabelInfo, segment_id, slicer_terminology_entry
+from .terminology import GENERIC_STRUCTURE, LabelInfo, segment_id, slicer_terminology_entry
 
 
 def seg_nrrd_metadata(labels: np.ndarray, label_infos: Sequence[LabelInfo]) -> dict:
@@ -50,3 +50,44 @@ def write_segmentation(path, labels: np.ndarray, geometry: Geometry, label_infos
         image.SetMetaData(key, value)
     with atomic_output(path) as temporary:
         sitk.WriteImage(image, str(temporary), True)
+
+
+def read_labels(path, label_infos: Sequence[LabelInfo]):
+    """Read labels written by :func:`write_segmentation` (or any labelmap or single-layer ``.seg.nrrd``).
+
+    Returns (labels (z, y, x) or (t, z, y, x) uint8, geometry of one frame, frame spacing or None,
+    label infos). A ``.seg.nrrd`` names its own segments (label values from its header);
+    a plain labelmap's values are taken to mean ``label_infos``.
+    """
+    from pathlib import Path
+
+    import SimpleITK as sitk
+
+    from .io import read_volume
+
+    path = Path(path)
+    volume = read_volume(path) if not path.name.lower().endswith(".seg.nrrd") else None
+    if volume is not None:
+        array = volume.array
+        if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 255:
+            raise InputError(f"{path}: is not a labelmap (labels must be integers 0..255, "
+                             f"got {array.dtype} {array.min()}..{array.max()})")
+        return array.astype(np.uint8), volume.geometry, volume.frame_spacing, list(label_infos)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise InputError(f"{path}: cannot read this segmentation") from None
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
+        raise InputError(f"{path}: a single-layer 3D segmentation is needed (overlapping segments are "
+                         "stored in layers: export it as a labelmap in Slicer)")
+    infos = []
+    index = 0
+    while image.HasMetaDataKey(f"Segment{index}_Name"):
+        prefix = f"Segment{index}_"
+        value = int(image.GetMetaData(prefix + "LabelValue")) if image.HasMetaDataKey(prefix + "LabelValue") else 1
+        infos.append(LabelInfo(value=value, name=image.GetMetaData(prefix + "Name"), color=(128, 128, 128),
+                               type=GENERIC_STRUCTURE))
+        index += 1
+    if not infos:
+        raise InputError(f"{path}: has no segments")
+    return (sitk.GetArrayFromImage(image).astype(np.uint8), Geometry.from_sitk(image), None, infos)

@@ -52,6 +52,8 @@ class TrainConfig:
     model_version: str = "0.1.0"
     task: str = ""
     modality: str = ""                          # default: the dataset's
+    anatomy: str = ""                           # heart or abdomen: which images the model is chosen for
+    postprocessing: Dict[str, bool] = field(default_factory=dict)  # the card's default label clean-up
     data_description: str = ""                  # what the model was trained on, for its card
     limitations: str = ""
     init_model: str = ""                        # fine-tune: start from this model card's network and weights
@@ -315,7 +317,8 @@ class DINTrainingLogic:
                          modality=config.modality or dataset.modality, labels=labels,
                          preprocessing=preprocessing, network=net_config,
                          weights=WeightsInfo(file=f"{config.model_name}.pt", sha256=""),
-                         limitations=config.limitations)
+                         limitations=config.limitations, anatomy=config.anatomy,
+                         postprocessing=dict(config.postprocessing))
 
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -493,9 +496,9 @@ class DINTrainingLogic:
         path = self.run_dir / "checkpoint.pt"
         if not path.is_file():
             raise InputError(f"{self.run_dir}: nothing to resume (no checkpoint.pt)")
-        saved = json.loads((self.run_dir / "config.json").read_text(encoding="utf-8"))
-        if {k: v for k, v in saved.items() if k != "epochs"} != {k: v for k, v in self.config.to_dict().items()
-                                                               if k != "epochs"}:
+        saved = TrainConfig.from_dict(json.loads((self.run_dir / "config.json").read_text(encoding="utf-8")))
+        if {k: v for k, v in saved.to_dict().items() if k != "epochs"} != {
+                k: v for k, v in self.config.to_dict().items() if k != "epochs"}:
             raise ConfigError(f"{self.run_dir}: --resume needs the configuration the run started with "
                               "(only 'epochs' may change)")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

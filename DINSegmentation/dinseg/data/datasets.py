@@ -80,6 +80,7 @@ class CaseRecord:
     label_path: Optional[Path] = None
     slice_paths: Tuple[Path, ...] = ()
     group: str = ""
+    phase: str = ""  # "ED" or "ES" for a cardiac frame (ACDC), else ""
     modality: str = "CT"
     num_classes: int = 2
     label_map: Dict[int, int] = field(default_factory=dict)
@@ -491,13 +492,14 @@ def _read_info_cfg(patient: Path) -> Tuple[int, int]:
 def _acdc_cases(folder: Path) -> List[CaseRecord]:
     cases = []
     for patient in _acdc_patient_dirs(folder):
-        for frame in _read_info_cfg(patient):
+        for phase, frame in zip(("ED", "ES"), _read_info_cfg(patient)):
             stem = f"{patient.name}_frame{frame:02d}"
             image = _find_nifti(patient, stem)
             if image is None:
                 raise InputError(f"{patient / (stem + '.nii.gz')}: missing (frame {frame} named in Info.cfg)")
             cases.append(CaseRecord(case_id=stem, source="nifti", image_path=image,
-                                    label_path=_find_nifti(patient, f"{stem}_gt"), group=patient.name))
+                                    label_path=_find_nifti(patient, f"{stem}_gt"), group=patient.name,
+                                    phase=phase))
     return cases
 
 

@@ -53,9 +53,11 @@ def prepare_case(case_id: str, volume: ImageVolume, labels: np.ndarray, preproce
 class Augmentation:
     """Random 2D augmentation that prepares a model for other patients, scanners and resolutions.
 
-    Geometry: rotation, isotropic scaling, translation, and flips only along ``flip_axes``
-    (none by default: left and right organs must stay apart). Appearance: contrast (gamma),
-    intensity scale and shift, simulated lower resolution, blur, sharpening, Gaussian noise.
+    Geometry: rotation, isotropic scaling, translation, elastic deformation (probability
+    ``elastic``, off by default), and flips only along ``flip_axes`` (none by default: left and
+    right organs must stay apart). Appearance: MR bias field (coefficients up to ``bias_field``,
+    off by default), contrast (gamma), intensity scale and shift, simulated lower resolution,
+    blur, sharpening, Gaussian noise.
     """
 
     rotate_degrees: float = 15.0
@@ -67,6 +69,8 @@ class Augmentation:
     intensity_shift: float = 0.1
     low_resolution: Tuple[float, float] = (0.5, 1.0)
     noise_std: float = 0.03
+    elastic: float = 0.0
+    bias_field: float = 0.0
     probability: float = 0.3
 
     def build(self, patch_size: Tuple[int, int]):
@@ -80,7 +84,13 @@ class Augmentation:
                                scale_range=(self.scale, self.scale),
                                translate_range=(self.translate * patch_size[0], self.translate * patch_size[1]),
                                mode=("bilinear", "nearest"), padding_mode="zeros")]
+        if self.elastic > 0:
+            steps.append(T.Rand2DElasticd(keys=("image", "label"), prob=self.elastic, spacing=(24, 24),
+                                          magnitude_range=(1.0, 3.0), mode=("bilinear", "nearest"),
+                                          padding_mode="zeros"))
         steps += [T.RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=axis) for axis in self.flip_axes]
+        if self.bias_field > 0:
+            steps.append(T.RandBiasFieldd(keys="image", prob=p, coeff_range=(0.0, self.bias_field)))
         steps += [T.RandSimulateLowResolutiond(keys="image", prob=p, zoom_range=self.low_resolution,
                                                downsample_mode="area", upsample_mode="bilinear"),
                   T.RandGaussianSmoothd(keys="image", prob=p / 2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0)),
