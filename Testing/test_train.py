@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -175,18 +176,26 @@ def test_synth_command_writes_an_acdc_phantom(tmp_path):
     assert main(["synth", str(tmp_path / "q"), "--degradation", "awful"]) == 2
 
 
-def test_ablation_trains_every_variant_and_tabulates(tmp_path):
+def test_ablation_trains_every_variant_from_one_config_and_tabulates(phantom, tmp_path):
     from dinseg.ablation import AblationPlan, run_ablation
 
-    plan = AblationPlan(output=str(tmp_path / "ablation"), seeds=(0,), train_cases=2, test_cases=1, epochs=1,
-                        iterations_per_epoch=2, batch_size=2, patch_size=(48, 48), spacing=(3.0, 3.0), device="cpu")
+    base = _config(phantom, tmp_path / "unused", epochs=5, model_name="tiny", data_description="phantom: tiny")
+    plan = AblationPlan(config=base, output=str(tmp_path / "ablation"), seeds=(0,), epochs=1,
+                        iterations_per_epoch=2)
     rows = run_ablation(plan)
-    assert {(row["variant"], row["test"]) for row in rows} == {(v, t) for v in ("single", "concat", "difm")
-                                                               for t in plan.test_degradations}
+    assert [row["variant"] for row in rows] == ["single", "concat", "difm"]
+    assert all(row["iterations"] == 2 and 0 <= row["dice"] <= 1 for row in rows)
+    assert all((tmp_path / "ablation" / "runs" / f"{v}-seed0" / "models" / "last").is_dir()
+               for v in ("single", "concat", "difm"))
     table = (tmp_path / "ablation" / "ablation.md").read_text(encoding="utf-8")
-    assert "PHANTOM" in table and all(f"| {v} |" in table for v in ("single", "concat", "difm"))
+    assert table.startswith("phantom validation patients") and all(f"| {v} |" in table
+                                                                  for v in ("single", "concat", "difm"))
     params = {row["variant"]: row["parameters_m"] for row in rows}
     assert params["single"] < params["concat"] < params["difm"]
+    without_validation = AblationPlan(config=dataclasses.replace(base, val_fraction=0.0), variants=("single",),
+                                      output=str(tmp_path / "none"), seeds=(0,), epochs=1, iterations_per_epoch=1)
+    with pytest.raises(ConfigError, match="no validation cases"):
+        run_ablation(without_validation)
 
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),

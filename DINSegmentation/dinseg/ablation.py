@@ -1,8 +1,9 @@
-"""The paper's claim, tested on a synthetic cardiac PHANTOM: does the enhanced stream help on degraded images?
+"""The paper's claim, tested on a real data set: does the enhanced stream, fused by DIFM, help?
 
-Trains the ``single``, ``concat`` and ``difm`` variants with the same preset, budget and seeds
-on a phantom training set, then evaluates each on a held-out phantom set and on the same
-held-out anatomy degraded further. Every number this produces is about synthetic images.
+Trains the ``single``, ``concat`` and ``difm`` variants from one training configuration (its
+data, split, preprocessing, augmentation and preset), with the same budget and seeds, and
+scores each on the configuration's validation patients (whole volumes, through the inference
+engine). ``dinseg ablation configs/acdc-light.yaml --epochs 10 --seeds 0 1`` is the ACDC run.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .evaluate import evaluate_cases, format_mean_std, markdown_table
+from .errors import ConfigError
+from .evaluate import format_mean_std, markdown_table
+from .io import atomic_output
 from .nets.config import FUSION_VARIANTS
 
 log = logging.getLogger("dinseg")
@@ -26,77 +29,77 @@ log = logging.getLogger("dinseg")
 
 @dataclass
 class AblationPlan:
-    """What to train and test; the defaults finish in under an hour on a 2-core CPU."""
+    """What to train: a training configuration (file or TrainConfig), the variants, seeds and budget.
 
+    epochs / iterations_per_epoch: None keeps the configuration's. Validation runs once, after
+    the last epoch, so every run is scored on the same patients at the same budget.
+    """
+
+    config: object = ""
     output: str = "runs/ablation"
-    preset: str = "light"
     variants: Tuple[str, ...] = FUSION_VARIANTS
-    seeds: Tuple[int, ...] = (0, 1, 2)
-    train_cases: int = 24
-    test_cases: int = 8
-    train_degradation: float = 0.5
-    test_degradations: Dict[str, float] = field(default_factory=lambda: {"held-out (0.5)": 0.5,
-                                                                        "more degraded (0.85)": 0.85})
-    epochs: int = 10
-    iterations_per_epoch: int = 100
-    batch_size: int = 8
-    patch_size: Tuple[int, int] = (96, 96)
-    spacing: Tuple[float, float] = (1.5, 1.5)
-    device: str = "auto"
-    workers: int = 0
+    seeds: Tuple[int, ...] = (0, 1)
+    epochs: Optional[int] = None
+    iterations_per_epoch: Optional[int] = None
+    device: Optional[str] = None
 
+    def base_config(self):
+        from .train import TrainConfig
 
-def phantom_training_config(plan: AblationPlan, data: Path, variant: str, seed: int, output: Path):
-    """The TrainConfig of one ablation run (cardiac short-axis phantom, MR-style preprocessing)."""
-    from .train import TrainConfig
+        if isinstance(self.config, TrainConfig):
+            return self.config
+        if not self.config:
+            raise ConfigError("the ablation needs a training configuration (e.g. configs/acdc-light.yaml)")
+        return TrainConfig.from_file(self.config)
 
-    return TrainConfig(data=str(data), layout="acdc", val_fraction=0.0, output=str(output),
-                       model_name=f"phantom-{variant}-seed{seed}", task="RV, myocardium, LV (synthetic phantom)",
-                       modality="MR", data_description="synthetic cardiac short-axis phantom (dinseg synth)",
-                       preset=plan.preset, fusion=variant, spacing=plan.spacing, orientation_mode="acquisition",
-                       normalization="percentile", normalization_low=0.5, normalization_high=99.5,
-                       enhancement={"method": "clahe", "clip_limit": 2.0, "tiles": 4},
-                       patch_size=plan.patch_size, batch_size=plan.batch_size, epochs=plan.epochs,
-                       iterations_per_epoch=plan.iterations_per_epoch, warmup_iterations=50, lr=2e-3,
-                       seed=seed, workers=plan.workers, device=plan.device, weights_dtype="float32")
+    def run_config(self, variant: str, seed: int):
+        """The TrainConfig of one run: the base with this fusion, seed, budget and its own folder."""
+        base = self.base_config()
+        epochs = self.epochs or base.epochs
+        changes = dict(fusion=variant, seed=seed, epochs=epochs, val_every=epochs,
+                       output=str(Path(self.output) / "runs" / f"{variant}-seed{seed}"),
+                       model_name=f"{base.model_name}-{variant}-seed{seed}", weights_dtype="float32")
+        if self.iterations_per_epoch:
+            changes["iterations_per_epoch"] = self.iterations_per_epoch
+        if self.device:
+            changes["device"] = self.device
+        return dataclasses.replace(base, **changes)
 
 
 def run_ablation(plan: AblationPlan) -> List[Dict[str, object]]:
-    """Generate the phantom sets, train every variant and seed, evaluate; returns one row per run and test set."""
-    from .data import open_dataset
+    """Train every variant and seed, score on the validation split; returns one row per run.
+
+    Writes ``ablation.csv`` and ``ablation.md`` in ``plan.output``.
+    """
     from .models import load_card
-    from .synth import write_acdc_phantom
     from .train import DINTrainingLogic
 
+    for variant in plan.variants:
+        if variant not in FUSION_VARIANTS:
+            raise ConfigError(f"unknown variant {variant!r}; choose from {', '.join(FUSION_VARIANTS)}")
     root = Path(plan.output)
-    train_data = root / "phantom-train"
-    write_acdc_phantom(train_data, plan.train_cases, plan.train_degradation, seed=1000)
-    test_sets = {}
-    for name, level in plan.test_degradations.items():
-        folder = root / f"phantom-test-{level}"
-        # the same seed for every test set: the same anatomy, only the degradation differs
-        write_acdc_phantom(folder, plan.test_cases, level, seed=2000)
-        test_sets[name] = open_dataset(folder, layout="acdc").cases
     rows = []
     for variant in plan.variants:
         for seed in plan.seeds:
-            run_dir = root / "runs" / f"{variant}-seed{seed}"
+            config = plan.run_config(variant, seed)
             started = time.time()
-            result = DINTrainingLogic(phantom_training_config(plan, train_data, variant, seed, run_dir)).run()
-            train_seconds = time.time() - started
+            result = DINTrainingLogic(config).run()
             card = load_card(result["last_card"])
-            for test_name, cases in test_sets.items():
-                per_case = evaluate_cases(card, cases, device=plan.device)
-                dice = [np.nanmean([s["dice"] for s in scores.values()]) for scores in per_case.values()]
-                hd95 = [np.nanmean([s["hd95"] for s in scores.values()]) for scores in per_case.values()]
-                rows.append({"variant": variant, "seed": seed, "test": test_name,
-                             "dice": float(np.mean(dice)), "hd95": float(np.nanmean(hd95)),
-                             "parameters_m": round(_parameters(card) / 1e6, 3),
-                             "train_seconds": round(train_seconds, 1)})
-                log.info("ablation %s seed %d on %s: Dice %.4f, HD95 %.2f mm", variant, seed, test_name,
-                         rows[-1]["dice"], rows[-1]["hd95"])
+            validation = card.metrics.get("validation", {})
+            if "dice/mean" not in validation:
+                raise ConfigError(f"{plan.config}: has no validation cases to score the ablation on "
+                                  "(give a split file with a 'val' list, or val_fraction > 0)")
+            rows.append({"variant": variant, "seed": seed, "dice": validation["dice/mean"],
+                         "hd95": validation["hd95/mean"], "parameters_m": round(_parameters(card) / 1e6, 3),
+                         "iterations": config.total_iterations, "train_seconds": round(time.time() - started, 1),
+                         **{key: value for key, value in validation.items() if key.startswith("dice/")
+                            and key != "dice/mean"}})
+            log.info("ablation %s seed %d: validation Dice %.4f, HD95 %.2f mm", variant, seed,
+                     rows[-1]["dice"], rows[-1]["hd95"])
+    root.mkdir(parents=True, exist_ok=True)
     _write_rows(rows, root / "ablation.csv")
-    (root / "ablation.md").write_text(ablation_table(rows, plan), encoding="utf-8")
+    with atomic_output(root / "ablation.md") as temporary:
+        temporary.write_text(ablation_table(rows, plan), encoding="utf-8")
     return rows
 
 
@@ -107,41 +110,39 @@ def _parameters(card) -> int:
 
 
 def _write_rows(rows: Sequence[Dict[str, object]], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    with atomic_output(path) as temporary:
+        with open(temporary, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.DictWriter(stream, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def ablation_table(rows: Sequence[Dict[str, object]], plan: AblationPlan) -> str:
-    """Markdown: mean Dice and HD95 per variant and test set, mean ± sd over seeds."""
-    tests = list(dict.fromkeys(str(row["test"]) for row in rows))
-    header = ["variant", "parameters (M)"] + [f"{t} {m}" for t in tests for m in ("Dice", "HD95 (mm)")] + \
-             ["train time / run (s)"]
-    lines = [f"Synthetic cardiac PHANTOM (not patient data): preset {plan.preset}, "
-             f"{plan.epochs * plan.iterations_per_epoch} iterations of batch {plan.batch_size}, "
-             f"seeds {', '.join(map(str, plan.seeds))}, trained at degradation {plan.train_degradation}; "
-             "mean ± sd over seeds.", ""]
+    """Markdown: validation Dice per class and mean, HD95, mean ± sd over seeds, per variant."""
+    base = plan.base_config()
+    classes = [key for key in rows[0] if key.startswith("dice/")]
+    header = ["variant", "parameters (M)"] + [f"{key[5:]} Dice" for key in classes] + \
+             ["mean Dice", "mean HD95 (mm)", "train time / run (s)"]
+    lines = [f"{base.data_description.split(':')[0] or base.data} validation patients: preset {base.preset}, "
+             f"{rows[0]['iterations']} iterations of batch {base.batch_size}, patch {list(base.patch_size)}, "
+             f"seeds {', '.join(map(str, plan.seeds))}; mean ± sd over seeds.", ""]
     table = []
     for variant in dict.fromkeys(str(row["variant"]) for row in rows):
         mine = [row for row in rows if row["variant"] == variant]
         cells = [variant, f"{mine[0]['parameters_m']:.2f}"]
-        for test in tests:
-            of_test = [row for row in mine if row["test"] == test]
-            for metric, digits in (("dice", 3), ("hd95", 2)):
-                values = [float(row[metric]) for row in of_test if not math.isnan(float(row[metric]))]
-                cells.append(format_mean_std(float(np.mean(values)), float(np.std(values)), digits)
-                             if values else "n/a")
+        for metric, digits in [(key, 3) for key in classes] + [("dice", 3), ("hd95", 2)]:
+            values = [float(row[metric]) for row in mine if not math.isnan(float(row[metric]))]
+            cells.append(format_mean_std(float(np.mean(values)), float(np.std(values)), digits) if values else "n/a")
         cells.append(f"{np.mean([float(row['train_seconds']) for row in mine]):.0f}")
         table.append(cells)
     return "\n".join(lines) + "\n" + markdown_table(header, table)
 
 
 def plan_from_args(args) -> AblationPlan:
-    """An AblationPlan from the ``dinseg ablation`` flags (only those given override the defaults)."""
+    """An AblationPlan from the ``dinseg ablation`` arguments (only those given override the defaults)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(AblationPlan)
              if getattr(args, f.name, None) is not None}
-    for key in ("variants", "seeds", "patch_size", "spacing"):
+    for key in ("variants", "seeds"):
         if key in given:
             given[key] = tuple(given[key])
     return AblationPlan(**given)
