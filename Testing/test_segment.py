@@ -402,3 +402,64 @@ def test_labels_at_size_equal_full_bilinear_resampling(source, target):
     assert torch.equal(labels_at_size(probabilities, target, chunk=97).long(), expected)
     noise = torch.randn(2, 4, *source, generator=generator).softmax(dim=1)
     assert torch.equal(labels_at_size(noise, target).long(), resize_slices(noise, target).max(dim=1).indices)
+
+
+# ---- batches and unwritable outputs --------------------------------------------------------
+
+def test_batch_segments_each_case_once_reports_failures_and_skips_existing(random_ct_model, ct_crop, tmp_path,
+                                                                           capsys):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(ct_crop))[:, :, :8], str(cases / "first.nii.gz"))
+    sitk.WriteImage(sitk.ReadImage(str(ct_crop))[:, :, 8:16], str(cases / "second.nrrd"))
+    (cases / "broken.nii.gz").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code = main(["segment", str(cases), "-o", f"{out}/", "--model", str(random_ct_model), "--device", "cpu",
+                 "--format", "nii.gz"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["first.nii.gz", "second.nii.gz"]
+    assert any(line.startswith("[1/3] broken: error:") for line in lines)
+    assert lines[-1].endswith("2 of 3 case(s) segmented into " + str(out) + ", 0 skipped, 1 failed")
+    single = tmp_path / "single.nii.gz"
+    assert main(["segment", str(cases / "first.nii.gz"), "-o", str(single), "--model", str(random_ct_model),
+                 "--device", "cpu"]) == 0
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(single))),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(out / "first.nii.gz"))))
+    (cases / "broken.nii.gz").unlink()
+    before = (out / "first.nii.gz").stat().st_mtime_ns
+    assert main(["segment", str(cases / "first.nii.gz"), str(cases / "second.nrrd"), "-o", str(out),
+                 "--model", str(random_ct_model), "--device", "cpu", "--format", "nii.gz", "--skip-existing"]) == 0
+    assert "2 skipped, 0 failed" in capsys.readouterr().err
+    assert (out / "first.nii.gz").stat().st_mtime_ns == before
+
+
+def test_batch_refuses_two_cases_with_one_output_name(random_ct_model, ct_crop, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(ct_crop)), str(other / "ct_crop.nrrd"))
+    _expect_failure(capsys, ["segment", str(ct_crop), str(other / "ct_crop.nrrd"), "-o", str(tmp_path / "out"),
+                             "--model", str(random_ct_model)], "the same output 'ct_crop'", tmp_path / "out" / "x")
+
+
+@pytest.mark.parametrize("target", ["/proc/dinseg_out.nii.gz", "/sys/dinseg_out.seg.nrrd"])
+def test_unwritable_output_is_one_line_before_any_work(random_ct_model, ct_crop, capsys, target):
+    _expect_failure(capsys, ["segment", str(ct_crop), "-o", target, "--model", str(random_ct_model)],
+                    "cannot write in", Path(target))
+
+
+def test_a_failing_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    from dinseg.errors import OutputError
+    from dinseg.geometry import Geometry
+    from dinseg.segfile import write_segmentation
+    from dinseg.terminology import label_infos_for
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    labels = np.zeros((2, 4, 4), np.uint8)
+    geometry = Geometry(size=(4, 4, 2), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    with pytest.raises(OutputError, match="cannot write .No space left on device"):
+        write_segmentation(tmp_path / "l.seg.nrrd", labels, geometry, label_infos_for(["liver"]))
+    assert list(tmp_path.iterdir()) == []

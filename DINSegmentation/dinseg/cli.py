@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
 
 from . import __version__
 from .errors import DinsegError, InputError
@@ -76,38 +78,103 @@ def _chosen_model(volume):
     return card
 
 
+#: image file types a folder of cases may hold (each file one case; subfolders are DICOM series)
+CASE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def _case_name(path: Path) -> str:
+    """A case's name for its output file: the file name without its image extension."""
+    name = path.name
+    for extension in CASE_EXTENSIONS + (".dcm",):
+        if name.lower().endswith(extension):
+            return name[:-len(extension)]
+    return name
+
+
+def _folder_cases(folder: Path) -> List[Path]:
+    """The cases of a folder of cases (image files, or DICOM series in subfolders); [] for a series folder."""
+    entries = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
+    images = [p for p in entries if p.is_file() and p.name.lower().endswith(CASE_EXTENSIONS)]
+    if images:
+        return images
+    if entries and all(p.is_dir() for p in entries):
+        return entries
+    return []
+
+
+def _is_batch(args) -> bool:
+    if len(args.inputs) > 1 or args.output.endswith(("/", os.sep)) or Path(args.output).is_dir():
+        return True
+    source = resolve_input(args.inputs[0])
+    return source.is_dir() and bool(_folder_cases(source))
+
+
 def run_segment(args) -> int:
-    from .infer import Segmenter, StageTimer, check_modality
+    if _is_batch(args):
+        return _segment_batch(args)
+    return _segment_one(args)
+
+
+class _Segmenters:
+    """One Segmenter per model card, made on first use (a batch loads each model once)."""
+
+    def __init__(self, args, progress=None):
+        from .models import find_model
+
+        self.args = args
+        self.progress = progress
+        self.named = find_model(args.model) if args.model else None
+        self.made: Dict[str, object] = {}
+
+    def card_for(self, volume):
+        return self.named or _chosen_model(volume)
+
+    def get(self, card):
+        from .infer import Segmenter
+        from .preprocess import override_enhancement
+
+        key = str(card.path or card.name)
+        if key not in self.made:
+            args = self.args
+            trained = card.preprocessing.enhancement
+            enhancement = override_enhancement(trained, args.enhance, args.enhance_strength)
+            if enhancement is not None:
+                log.warning("enhancing with %s at strength %g instead of the model's %s at %g; the model was "
+                            "trained with the latter", enhancement.method, enhancement.strength, trained.method,
+                            trained.strength)
+            self.made[key] = Segmenter(card, device=args.device, enhancement=enhancement,
+                                       batch_size=args.batch_size, largest_component=args.largest_component,
+                                       fill_holes=args.fill_holes, progress=self.progress)
+        return self.made[key]
+
+
+def _check_frames_fit(volume, output: Path, frames, name: str) -> None:
+    if volume.is_time_series and frames is None and output.name.endswith(".seg.nrrd"):
+        raise InputError(f"{name} is a time series of {volume.frames} frames; .seg.nrrd holds one "
+                         "frame: write .nrrd or .nii.gz for all frames, or choose one with --frames N")
+
+
+def _segment_one(args) -> int:
+    from .infer import StageTimer, check_modality
     from .io import check_output_path, read_volume
-    from .models import find_model
-    from .preprocess import override_enhancement
     from .segfile import write_segmentation
 
     output = check_output_path(args.output)
     if args.preview:
         check_output_path(args.preview, extensions=(".png",))
-    source = resolve_input(args.input)
+    source = resolve_input(args.inputs[0])
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
-    named = find_model(args.model) if args.model else None
     progress = ProgressReporter(args.progress or ("bar" if sys.stderr.isatty() else "none"))
+    segmenters = _Segmenters(args, progress)
     timer = StageTimer()
     with timer.stage("read"):
         volume = read_volume(source)
-    card = named or _chosen_model(volume)
-    trained = card.preprocessing.enhancement
-    enhancement = override_enhancement(trained, args.enhance, args.enhance_strength)
-    if enhancement is not None:
-        log.warning("enhancing with %s at strength %g instead of the model's %s at %g; the model was trained "
-                    "with the latter", enhancement.method, enhancement.strength, trained.method, trained.strength)
+    card = segmenters.card_for(volume)
     with timer.stage("load model"):
-        segmenter = Segmenter(card, device=args.device, enhancement=enhancement, batch_size=args.batch_size,
-                              largest_component=args.largest_component, fill_holes=args.fill_holes,
-                              progress=progress)
+        segmenter = segmenters.get(card)
     check_modality(volume, card, strict=args.strict)
-    if volume.is_time_series and args.frames is None and output.name.endswith(".seg.nrrd"):
-        raise InputError(f"{args.input} is a time series of {volume.frames} frames; .seg.nrrd holds one "
-                         "frame: write .nrrd or .nii.gz for all frames, or choose one with --frames N")
+    _check_frames_fit(volume, output, args.frames, args.inputs[0])
     result = segmenter.segment(volume, frame=args.frames, timer=timer)
     with timer.stage("write"):
         write_segmentation(output, result.labels, result.geometry, card.labels, result.frame_spacing)
@@ -118,7 +185,7 @@ def run_segment(args) -> int:
         frame_labels = result.labels if result.labels.ndim == 3 else result.labels[0]
         with timer.stage("preview"):
             render_preview(args.preview, frame_image, frame_labels, volume.geometry, card.preprocessing,
-                           card.labels, title=f"{Path(args.input).name} - {card.name} {card.version}",
+                           card.labels, title=f"{Path(args.inputs[0]).name} - {card.name} {card.version}",
                            enhancement=segmenter.enhancement)
     import torch
 
@@ -126,6 +193,70 @@ def run_segment(args) -> int:
     print(f"dinseg: wrote {output} ({card.name} {card.version}, device {result.device}, "
           f"{torch.get_num_threads()} CPU threads)\n{timer.table()}", file=sys.stderr)
     return 0
+
+
+def _batch_cases(inputs: Sequence[str]) -> List[Tuple[str, Path]]:
+    """(name, path) of every case: each input a file or series folder, or a folder of cases."""
+    cases = []
+    for name in inputs:
+        source = resolve_input(name)
+        if not source.exists():
+            raise InputError(f"{source}: no such file or folder")
+        found = _folder_cases(source) if source.is_dir() else []
+        cases += [(_case_name(path), path) for path in (found or [source])]
+    seen: Dict[str, Path] = {}
+    for case, path in cases:
+        if case in seen:
+            raise InputError(f"two cases would write the same output {case!r}: {seen[case]} and {path}")
+        seen[case] = path
+    return cases
+
+
+def _segment_batch(args) -> int:
+    """Several cases into one folder: the model loaded once, a line per case, failures reported and skipped."""
+    import time as clock
+
+    from .infer import check_modality
+    from .io import check_output_path, read_volume
+    from .segfile import write_segmentation
+
+    if args.preview:
+        raise InputError("--preview takes one input; in a batch, segment the case again with -o FILE --preview")
+    cases = _batch_cases(args.inputs)
+    folder = Path(args.output)
+    if not folder.is_dir():
+        if not folder.parent.is_dir():
+            raise InputError(f"{folder}: its parent folder {folder.parent} does not exist")
+        folder.mkdir()
+    extension = "." + args.format
+    check_output_path(folder / f"case{extension}")
+    segmenters = _Segmenters(args)
+    done = skipped = failed = 0
+    for number, (name, source) in enumerate(cases, start=1):
+        output = folder / f"{name}{extension}"
+        prefix = f"[{number}/{len(cases)}] {name}"
+        if args.skip_existing and output.exists():
+            skipped += 1
+            print(f"{prefix}: skipped, {output} exists", file=sys.stderr)
+            continue
+        started = clock.perf_counter()
+        try:
+            volume = read_volume(source)
+            card = segmenters.card_for(volume)
+            segmenter = segmenters.get(card)
+            check_modality(volume, card, strict=args.strict, name=name)
+            _check_frames_fit(volume, output, args.frames, name)
+            result = segmenter.segment(volume, frame=args.frames)
+            write_segmentation(output, result.labels, result.geometry, card.labels, result.frame_spacing)
+        except DinsegError as error:
+            failed += 1
+            print(f"{prefix}: error: {error}", file=sys.stderr)
+            continue
+        done += 1
+        print(f"{prefix}: wrote {output} ({card.name}, {clock.perf_counter() - started:.1f} s)", file=sys.stderr)
+    print(f"dinseg: {done} of {len(cases)} case(s) segmented into {folder}, {skipped} skipped, {failed} failed",
+          file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _cardiac_labels(args):
@@ -386,10 +517,15 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser("segment", help="segment a volume into organs",
                                   description="Segment a NIfTI, NRRD, MHA or DICOM-folder volume (3D or 4D cine). "
                                               f"INPUT may be sample:NAME for a bundled sample ({', '.join(SAMPLES)}).")
-    segment.add_argument("input", metavar="INPUT")
+    segment.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image file, DICOM folder, or (batch) several of them or a folder of cases")
     segment.add_argument("-o", "--output", required=True,
                          help="output .seg.nrrd (Slicer segmentation with names, colours, terminology), "
-                              ".nrrd, .nii.gz, .nii or .mha (labelmap)")
+                              ".nrrd, .nii.gz, .nii or .mha (labelmap); for several inputs a folder "
+                              "(one output per case, named after it)")
+    segment.add_argument("--format", default="seg.nrrd", choices=("seg.nrrd", "nii.gz", "nrrd", "nii", "mha"),
+                         help="output type of each case in a batch (default: %(default)s)")
+    segment.add_argument("--skip-existing", action="store_true", help="in a batch, skip cases already written")
     segment.add_argument("--model", help="installed model name or model card path (default: the installed model "
                                          "for the image's modality and anatomy; see 'dinseg models')")
     segment.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))

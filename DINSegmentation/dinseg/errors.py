@@ -15,3 +15,7 @@ class ModelError(DinsegError):
 
 class ConfigError(DinsegError, ValueError):
     """A configuration (training, enhancement, network) has an unknown key or a bad value."""
+
+
+class OutputError(DinsegError, OSError):
+    """An output file cannot be written (read-only or full file system, no permission); nothing was left."""

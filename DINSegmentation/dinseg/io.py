@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, OutputError
 from .geometry import Geometry
 
 #: output extensions, longest first so that ".seg.nrrd" wins over ".nrrd"
@@ -219,6 +219,12 @@ def check_output_path(path, extensions=OUTPUT_EXTENSIONS) -> Path:
         raise InputError(f"{path}: the output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise InputError(f"{path}: the output folder {folder} is not writable")
+    try:  # os.access says yes to root on read-only file systems and /proc: try it
+        handle, probe = tempfile.mkstemp(prefix=".dinseg-probe.", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise InputError(f"{path}: cannot write in {folder} ({error.strerror or error})") from None
     return path
 
 
@@ -241,15 +247,21 @@ def atomic_output(path) -> Iterator[Path]:
     path = Path(path)
     name = path.name.lower()
     extension = next((e for e in OUTPUT_EXTENSIONS if name.endswith(e)), path.suffix)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name[:len(path.name) - len(extension)]}.",
-                                         suffix=extension,
-                                         dir=path.parent if str(path.parent) else ".")
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name[:len(path.name) - len(extension)]}.",
+                                             suffix=extension, dir=path.parent if str(path.parent) else ".")
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
     os.close(handle)
     temporary = Path(temporary)
     try:
         yield temporary
         os.chmod(temporary, _NEW_FILE_MODE)  # mkstemp makes it owner-only; give it a normal file's mode
         os.replace(temporary, path)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
+    except RuntimeError as error:  # SimpleITK's writers report I/O failures this way
+        raise OutputError(f"{path}: cannot write ({_short_reason(str(error).splitlines())})") from None
     finally:
         if temporary.exists():
             temporary.unlink()
