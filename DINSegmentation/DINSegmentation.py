@@ -395,6 +395,7 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 with slicer.util.tryWithErrorDisplay(_("Failed to import the segmentation."), waitCursor=True):
                     self._result = job.finish()
                     self._showResult(self._jobVolume)
+                    self._showStatistics(job)
                     self._showCardiacFunction(job)
                     self.ui.statusLabel.text = _("Done in {seconds:.1f} s.").format(seconds=job.elapsed)
             else:
@@ -415,6 +416,14 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             display.SetVisibility(True)
         if volume is not None and slicer.mrmlScene.IsNodePresent(volume):
             slicer.util.setSliceViewerLayers(background=volume)
+
+    def _showStatistics(self, job) -> None:
+        """After a single volume: each structure's volume, intensities and position as a table."""
+        if self._result.IsA("vtkMRMLSequenceNode"):
+            return
+        table = self.logic.statistics_table(self._result, job.volume_node)
+        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
 
     def _showCardiacFunction(self, job) -> None:
         """After a cine with a cardiac model: the function table and the volume curve (plot layout)."""

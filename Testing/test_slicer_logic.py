@@ -769,3 +769,20 @@ def test_cardiac_function_refuses_frames_on_other_grids_before_touching_the_scen
     with pytest.raises(InputError, match="another grid"):
         logic.cardiac_function(segmentations, [first, second])
     assert node_ids(env.scene) == before
+
+
+def test_statistics_table_has_the_engine_numbers(env, logic, card):
+    from conftest import SAMPLE_CT_LABELS
+    from dinseg.statistics import structure_statistics
+
+    volume = load_volume(env, CT, "CT")
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_CT_LABELS)))
+    segmentation = logic.labels_to_segmentation(truth, volume, card.labels)
+    table = logic.statistics_table(segmentation, volume).GetTable()
+    image = mrml.volume_to_image(volume)
+    expected = structure_statistics(truth, image.array, image.geometry, card.labels)
+    assert table.GetNumberOfRows() == len(expected) == 8
+    for row, want in enumerate(expected):
+        assert table.GetValueByName(row, "structure").ToString() == want["structure"]
+        for key in ("voxels", "volume_ml", "mean", "p95", "centroid_lps_x_mm"):
+            assert table.GetValueByName(row, key).ToDouble() == pytest.approx(want[key]), key

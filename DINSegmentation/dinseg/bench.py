@@ -226,13 +226,13 @@ def format_segment_table(rows: List[Dict], model: str, device: str, threads: int
     return f"model {model}, device {device}, {threads} thread(s)\n\n" + markdown_table(header, table)
 
 
-def _resample_pair(image, labels, size, spacing, direction, origin):
+def _resample_pair(image, labels, size, spacing, direction, origin, fill: float = -1024):
     import SimpleITK as sitk
 
     def resample(source, interpolator, fill, pixel):
         return sitk.Resample(source, size, sitk.Transform(), interpolator, origin, spacing, direction, fill, pixel)
 
-    return (resample(image, sitk.sitkLinear, -1024, sitk.sitkInt16),
+    return (resample(image, sitk.sitkLinear, fill, sitk.sitkInt16),
             resample(labels, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
 
 
@@ -285,6 +285,89 @@ def robustness_rows(model: str, device: str = "cpu", names=None) -> List[Dict]:
         rows.append({"variant": name, "size": "x".join(map(str, variant.GetSize())),
                      "mean_dice": float(np.nanmean(list(dice.values()))), "dice": dice, "seconds": seconds})
     return rows
+
+
+def cine_variants(image, labels, names=None):
+    """A short-axis stack as other scanners store it: other in-plane resolutions, oblique
+    in-plane axes (the heart turned in the image), other intensity ranges, a coil bias field.
+    {name: (image, labels)} as SimpleITK images (MR: background 0)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    def rotated(degrees: float, spacing: float, size: int):
+        angle = np.deg2rad(degrees)
+        matrix = np.asarray(image.GetDirection()).reshape(3, 3) @ np.array(
+            [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+        return _resample_pair(image, labels, *centred_grid(image, spacing, size, direction=tuple(matrix.ravel())),
+                              fill=0)
+
+    def bias_field():
+        array = sitk.GetArrayFromImage(image).astype(np.float32)
+        y, x = np.meshgrid(np.linspace(-1, 1, array.shape[1]), np.linspace(-1, 1, array.shape[2]), indexing="ij")
+        field = 1 + 0.3 * x + 0.2 * y * x
+        biased = sitk.GetImageFromArray((array * field[None]).astype(np.float32))
+        biased.CopyInformation(image)
+        return biased, labels
+
+    def intensities():
+        scaled = sitk.Cast(image, sitk.sitkFloat32) * 3.0 + 100.0
+        return scaled, labels
+
+    builders = {
+        "as stored": lambda: (image, labels),
+        "1.0 mm in-plane (finer grid)": lambda: rotated(0, 1.0, 288),
+        "in-plane axes rotated 30 degrees, 1.3 mm": lambda: rotated(30, 1.3, 224),
+        "in-plane axes rotated 135 degrees, 1.3 mm": lambda: rotated(135, 1.3, 224),
+        "intensities x 3 + 100": intensities,
+        "coil bias field (+-30 %)": bias_field,
+    }
+    return {name: build() for name, build in builders.items() if names is None or name in names}
+
+
+def cine_robustness_rows(model: str, data: str, split_file: Optional[str], split: str, patients: int,
+                         device: str = "cpu") -> List[Dict]:
+    """Mean Dice of each cine storage variant over the ED and ES frames of ``patients`` patients of a split."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .data import load_split_file, open_dataset, split_cases
+    from .geometry import Geometry
+    from .infer import Segmenter
+    from .io import ImageVolume, array_to_sitk
+    from .metrics import dice_and_hd95
+    from .models import find_model
+
+    card = find_model(model)
+    segmenter = Segmenter(card, device=device)
+    dataset = open_dataset(data)
+    cases = split_cases(dataset, load_split_file(split_file) if split_file else None)[split] \
+        if split != "all" else dataset.cases
+    groups = list(dict.fromkeys(case.group for case in cases))[:patients]
+    scores: Dict[str, List[Dict[str, float]]] = {}
+    for case in [c for c in cases if c.group in groups]:
+        volume, truth = case.load()
+        image = array_to_sitk(volume.array, volume.geometry)
+        labels = array_to_sitk(truth, volume.geometry)
+        for name, (variant, moved) in cine_variants(image, labels).items():
+            prediction = segmenter.segment(ImageVolume(array=sitk.GetArrayFromImage(variant),
+                                                       geometry=Geometry.from_sitk(variant))).labels
+            result = dice_and_hd95(prediction, sitk.GetArrayFromImage(moved), variant.GetSpacing()[::-1],
+                                   card.num_classes)
+            scores.setdefault(name, []).append({card.labels[v - 1].name: s["dice"] for v, s in result.items()})
+    rows = []
+    for name, per_case in scores.items():
+        dice = {organ: float(np.nanmean([c[organ] for c in per_case])) for organ in per_case[0]}
+        rows.append({"variant": name, "volumes": len(per_case), "dice": dice,
+                     "mean_dice": float(np.mean(list(dice.values())))})
+    return rows
+
+
+def format_cine_robustness_table(rows: List[Dict], model: str, description: str) -> str:
+    structures = list(rows[0]["dice"])
+    header = ["stored as", "volumes"] + [f"{s} Dice" for s in structures] + ["mean Dice"]
+    table = [[row["variant"], str(row["volumes"])] + [f"{row['dice'][s]:.3f}" for s in structures]
+             + [f"{row['mean_dice']:.3f}"] for row in rows]
+    return f"model {model}; {description}\n\n" + markdown_table(header, table)
 
 
 def format_robustness_table(rows: List[Dict], model: str) -> str:

@@ -154,6 +154,36 @@ def _check_frames_fit(volume, output: Path, frames, name: str) -> None:
                          "frame: write .nrrd or .nii.gz for all frames, or choose one with --frames N")
 
 
+def _check_extras(args, batch: bool) -> None:
+    """Refuse --statistics / --split targets that cannot be written, before any work."""
+    from .io import check_output_path, output_extension
+
+    if args.statistics:
+        output_extension(args.statistics, (".json", ".csv"))
+        if not batch:
+            check_output_path(args.statistics, extensions=(".json", ".csv"))
+    if args.split:
+        if batch:
+            raise InputError("--split takes one input (per-structure files of one case)")
+        parent = Path(args.split).parent
+        if not parent.is_dir():
+            raise InputError(f"{args.split}: its parent folder {parent} does not exist")
+
+
+def _write_extras(args, volume, result, card, statistics_path) -> None:
+    """The statistics file and per-structure masks asked for, from the same labels as the output."""
+    from .infer import guess_modality
+    from .statistics import structure_statistics, write_masks, write_statistics
+
+    if statistics_path:
+        array = volume.array if args.frames is None else volume.array[args.frames]
+        rows = structure_statistics(result.labels, array, result.geometry, card.labels)
+        modality = volume.modality or guess_modality(volume.array)
+        write_statistics(statistics_path, rows, units="HU" if modality == "CT" else "image units")
+    if args.split:
+        write_masks(args.split, result.labels, result.geometry, card.labels, result.frame_spacing)
+
+
 def _segment_one(args) -> int:
     from .infer import StageTimer, check_modality
     from .io import check_output_path, read_volume
@@ -162,6 +192,7 @@ def _segment_one(args) -> int:
     output = check_output_path(args.output)
     if args.preview:
         check_output_path(args.preview, extensions=(".png",))
+    _check_extras(args, batch=False)
     source = resolve_input(args.inputs[0])
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
@@ -178,6 +209,7 @@ def _segment_one(args) -> int:
     result = segmenter.segment(volume, frame=args.frames, timer=timer)
     with timer.stage("write"):
         write_segmentation(output, result.labels, result.geometry, card.labels, result.frame_spacing)
+        _write_extras(args, volume, result, card, args.statistics)
     if args.preview:
         from .preview import render_preview
 
@@ -222,6 +254,7 @@ def _segment_batch(args) -> int:
 
     if args.preview:
         raise InputError("--preview takes one input; in a batch, segment the case again with -o FILE --preview")
+    _check_extras(args, batch=True)
     cases = _batch_cases(args.inputs)
     folder = Path(args.output)
     if not folder.is_dir():
@@ -248,6 +281,8 @@ def _segment_batch(args) -> int:
             _check_frames_fit(volume, output, args.frames, name)
             result = segmenter.segment(volume, frame=args.frames)
             write_segmentation(output, result.labels, result.geometry, card.labels, result.frame_spacing)
+            _write_extras(args, volume, result, card,
+                          folder / f"{name}_{Path(args.statistics).name}" if args.statistics else None)
         except DinsegError as error:
             failed += 1
             print(f"{prefix}: error: {error}", file=sys.stderr)
@@ -494,8 +529,13 @@ def run_bench_segment(args) -> int:
 
 
 def run_bench_robustness(args) -> int:
-    from .bench import format_robustness_table, robustness_rows
+    from .bench import cine_robustness_rows, format_cine_robustness_table, format_robustness_table, robustness_rows
 
+    if args.data:
+        rows = cine_robustness_rows(args.model, args.data, args.split_file, args.split, args.patients, args.device)
+        print(format_cine_robustness_table(rows, args.model, f"{args.data}, split {args.split}, first "
+                                           f"{args.patients} patients (ED and ES) stored as other scanners do"))
+        return 0
     print(format_robustness_table(robustness_rows(args.model, args.device), args.model))
     return 0
 
@@ -526,6 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--format", default="seg.nrrd", choices=("seg.nrrd", "nii.gz", "nrrd", "nii", "mha"),
                          help="output type of each case in a batch (default: %(default)s)")
     segment.add_argument("--skip-existing", action="store_true", help="in a batch, skip cases already written")
+    segment.add_argument("--statistics", metavar="FILE",
+                         help="per structure (and frame): voxels, volume (mL), mean, sd, median, 5th and 95th "
+                              "percentile of the input's intensities (HU for CT), centroid (LPS mm), bounding "
+                              "box; .json or .csv (in a batch: OUTDIR/<case>_FILE)")
+    segment.add_argument("--split", metavar="DIR", help="also write one mask per structure (NIfTI) into DIR")
     segment.add_argument("--model", help="installed model name or model card path (default: the installed model "
                                          "for the image's modality and anatomy; see 'dinseg models')")
     segment.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
@@ -637,6 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bench-robustness", help="benchmark: the bundled CT stored in other orientations and resolutions")
     bench_robustness.add_argument("--model", default="abdomen-ct-light", help="model name or card path")
     bench_robustness.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    bench_robustness.add_argument("--data", help="instead: labelled cine short-axis cases (e.g. an ACDC folder), "
+                                                 "stored as other scanners do")
+    bench_robustness.add_argument("--split-file", help="with --data: the split file")
+    bench_robustness.add_argument("--split", default="val", help="with --data: the split (default: %(default)s)")
+    bench_robustness.add_argument("--patients", type=int, default=8, help="with --data: patients (default: 8)")
     bench_robustness.set_defaults(handler=run_bench_robustness)
     return parser
 

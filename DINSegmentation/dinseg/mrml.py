@@ -580,6 +580,29 @@ class DINSegmentationMRMLLogic:
             proxy.CreateDefaultDisplayNodes()
         return output_sequence
 
+    # -- statistics --------------------------------------------------------------------------
+    def statistics_table(self, segmentation_node, volume_node, name: Optional[str] = None):
+        """A table node of each segment's volume, intensity statistics, centroid (LPS) and bounding
+        box on the volume's grid (the numbers of ``dinseg segment --statistics``)."""
+        from .statistics import structure_statistics
+
+        segmentation = segmentation_node.GetSegmentation()
+        infos = [LabelInfo(value=i + 1, name=segmentation.GetNthSegment(i).GetName(), color=(0, 0, 0),
+                           type=GENERIC_STRUCTURE) for i in range(segmentation.GetNumberOfSegments())]
+        image = volume_to_image(volume_node)
+        rows = structure_statistics(segmentation_to_labels(segmentation_node, volume_node), image.array,
+                                    image.geometry, infos)
+        table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name or f"{segmentation_node.GetName()} statistics")
+        columns = [key for key in rows[0] if key not in ("label", "frame")]
+        for key in columns:
+            column = vtk.vtkStringArray() if key == "structure" else vtk.vtkDoubleArray()
+            column.SetName(key)
+            for row in rows:
+                value = row[key]
+                column.InsertNextValue(value if key == "structure" else (np.nan if value is None else float(value)))
+            table.AddColumn(column)
+        return table
+
     # -- cardiac function --------------------------------------------------------------------
     def cardiac_function(self, segmentation_nodes: Sequence[Any], volume_nodes: Sequence[Any],
                          ed_frame: Optional[int] = None, es_frame: Optional[int] = None,

@@ -456,7 +456,8 @@ class DINTrainingLogic:
             log.setLevel(logging.INFO)
 
     def _write_config(self) -> None:
-        (self.run_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        with atomic_output(self.run_dir / "config.json") as temporary:
+            temporary.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     def _write_card(self, card: ModelCard, network, which: str, state, started: float) -> None:
         folder = self.run_dir / "models" / which
@@ -511,10 +512,11 @@ class DINTrainingLogic:
 
     def _write_metrics(self, history: List[Dict[str, Any]]) -> None:
         columns = list(dict.fromkeys(key for row in history for key in row))
-        with open(self.run_dir / "metrics.csv", "w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(history)
+        with atomic_output(self.run_dir / "metrics.csv") as temporary:
+            with open(temporary, "w", newline="", encoding="utf-8") as stream:
+                writer = csv.DictWriter(stream, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(history)
         plot_curves(history, self.run_dir / "curves.png")
 
 
@@ -535,7 +537,8 @@ def plot_curves(history: List[Dict[str, Any]], path: Path) -> None:
     dice_axis.plot([row["epoch"] for row in validated], [row["dice/mean"] for row in validated], marker="o")
     dice_axis.set(xlabel="epoch", ylabel="mean Dice", ylim=(0, 1), title="validation (whole volumes)")
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=90, format="png")
     plt.close(figure)
 
 
