@@ -349,7 +349,7 @@ def test_model_import_installs_a_checked_model(random_ct_model, tmp_path, monkey
     capsys.readouterr()
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
-    assert "random-ct" in listing and load_card(random_ct_model).weights.sha256[:12] in listing
+    assert "random-ct" in listing and load_card(random_ct_model).weights.sha256[:8] in listing
 
 
 def test_a_model_name_selects_its_highest_installed_version(random_ct_model, tmp_path, monkeypatch):
@@ -463,3 +463,30 @@ def test_a_failing_write_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="cannot write .No space left on device"):
         write_segmentation(tmp_path / "l.seg.nrrd", labels, geometry, label_infos_for(["liver"]))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_preview_gives_every_structure_its_own_colour():
+    from dinseg.preview import preview_colors
+    from dinseg.terminology import SYNAPSE_ORGANS, label_infos_for
+
+    infos = label_infos_for(SYNAPSE_ORGANS)
+    colors = preview_colors(infos)[[info.value for info in infos]]
+    distances = np.linalg.norm(colors[:, None] - colors[None], axis=-1)[np.triu_indices(len(infos), 1)]
+    assert distances.min() > 0.25  # terminology colours of the two kidneys are identical
+    same = [(a.name, b.name) for i, a in enumerate(infos) for b in infos[i + 1:] if a.color == b.color]
+    assert same  # which is why the preview does not use them
+
+
+def test_models_list_and_show_fit_100_columns_and_show_the_whole_card(random_ct_model, capsys):
+    from dinseg.models import BUNDLED_MODELS, list_models
+
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert max(map(len, listing)) <= 100 and len(listing) == len(list_models()) + 2
+    assert main(["models", "show", str(random_ct_model)]) == 0
+    shown = capsys.readouterr().out
+    card = load_card(random_ct_model)
+    assert max(len(line) for line in shown.splitlines()) <= 100
+    assert f"sha256: {card.weights.sha256}" in shown and str(card.weights_path) in shown
+    assert "DINSEG_HOME" in shown and "liver (SCT 10200004)" in shown
+    assert main(["models", "show", "no-such-model"]) == 2

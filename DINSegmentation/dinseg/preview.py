@@ -36,6 +36,20 @@ def label_overlay(label_slice: np.ndarray, colors: np.ndarray, fill_alpha: float
     return np.concatenate([colors[label_slice], alpha[..., None]], axis=-1)
 
 
+def preview_colors(label_infos: Sequence[LabelInfo]) -> np.ndarray:
+    """(256, 3) RGB in 0..1 indexed by label value: Tableau's categorical palette (matplotlib tab10,
+    tab20 beyond ten structures), one distinct hue per structure in label order. The terminology
+    colours that Slicer segments keep are anatomical (both kidneys alike, liver, aorta and
+    stomach near one another), which a legend cannot tell apart in a small picture."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10" if len(label_infos) <= 10 else "tab20"].colors
+    colors = np.zeros((256, 3))
+    for index, info in enumerate(label_infos):
+        colors[info.value] = palette[index % len(palette)][:3]
+    return colors
+
+
 def render_preview(path, image: np.ndarray, labels: np.ndarray, geometry: Geometry, preprocessing: Preprocessing,
                    label_infos: Sequence[LabelInfo], title: str = "",
                    enhancement: EnhanceConfig = None) -> None:
@@ -59,9 +73,7 @@ def render_preview(path, image: np.ndarray, labels: np.ndarray, geometry: Geomet
     bounds = preprocessing.normalization.bounds(image)
     enhancement = enhancement or preprocessing.enhancement
     rows = pick_slices(canonical_labels)
-    colors = np.zeros((256, 3))
-    for info in label_infos:
-        colors[info.value] = info.color_float
+    colors = preview_colors(label_infos)
 
     figure, axes = plt.subplots(len(rows), 3, figsize=(11, 3.6 * len(rows)), squeeze=False,
                                 facecolor="black")
@@ -77,7 +89,7 @@ def render_preview(path, image: np.ndarray, labels: np.ndarray, geometry: Geomet
             axis.axis("off")
         row[2].imshow(label_overlay(label_slice, colors), extent=extent, interpolation="nearest")
     present = [info for info in label_infos if (labels == info.value).any()]
-    figure.legend(handles=[Patch(color=info.color_float, label=info.name) for info in present],
+    figure.legend(handles=[Patch(color=colors[info.value], label=info.name) for info in present],
                   loc="lower center", ncol=min(len(present), 8) or 1, frameon=False, labelcolor="white")
     figure.suptitle(title, color="white")
     figure.tight_layout(rect=(0, 0.05, 1, 0.97))
