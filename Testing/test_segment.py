@@ -490,3 +490,23 @@ def test_models_list_and_show_fit_100_columns_and_show_the_whole_card(random_ct_
     assert f"sha256: {card.weights.sha256}" in shown and str(card.weights_path) in shown
     assert "DINSEG_HOME" in shown and "liver (SCT 10200004)" in shown
     assert main(["models", "show", "no-such-model"]) == 2
+
+
+def test_device_index_and_threads(random_ct_model, ct_crop, tmp_path, capsys):
+    from dinseg.errors import InputError
+    from dinseg.infer import resolve_device
+
+    assert str(resolve_device("cpu")) == "cpu"
+    for bad in ("cuda:x", "cpu:1", "tpu"):
+        with pytest.raises(InputError, match="unknown device"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda:1")
+    threads = torch.get_num_threads()
+    try:
+        assert _segment(random_ct_model, ct_crop, tmp_path / "l.nii.gz", "--threads", "1") == 0
+        assert "device cpu, 1 CPU threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["segment", str(ct_crop), "-o", str(tmp_path / "m.nii.gz"), "--threads", "0"]) == 2

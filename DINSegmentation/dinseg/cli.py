@@ -540,7 +540,10 @@ def run_evaluate(args) -> int:
     report = write_report(per_case, [label.name for label in card.labels], args.output, phases=phases,
                           cardiac=cardiac)
     print(report.read_text(encoding="utf-8"))
-    print(f"dinseg: wrote {report} and {report.with_suffix('.csv')}", file=sys.stderr)
+    import torch
+
+    print(f"dinseg: wrote {report} and {report.with_suffix('.csv')} ({card.name} {card.version}, device "
+          f"{segmenter.device}, {torch.get_num_threads()} CPU threads)", file=sys.stderr)
     return 0
 
 
@@ -599,6 +602,14 @@ def run_bench_robustness(args) -> int:
     return 0
 
 
+DEVICE_HELP = "auto (GPU if any), cpu, cuda, cuda:N (the N-th GPU) or mps (default: %(default)s)"
+
+
+def _add_device_options(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    parser.add_argument("--device", default=default, help=DEVICE_HELP)
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: PyTorch's, all cores)")
+
+
 def _add_cleanup_options(parser: argparse.ArgumentParser) -> None:
     default = "(default: as the model card says)"
     parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
@@ -632,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--split", metavar="DIR", help="also write one mask per structure (NIfTI) into DIR")
     segment.add_argument("--model", help="installed model name or model card path (default: the installed model "
                                          "for the image's modality and anatomy; see 'dinseg models')")
-    segment.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    _add_device_options(segment)
     segment.add_argument("--enhance", choices=("none", "clahe", "gamma", "unsharp"),
                          help="override the model's enhancement (for experiments)")
     segment.add_argument("--enhance-strength", type=float, metavar="S",
@@ -664,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     cardiac.add_argument("--csv", metavar="FILE", help="write the figures as CSV")
     cardiac.add_argument("--json", metavar="FILE", help="write the figures and per-frame volumes as JSON")
     cardiac.add_argument("--plot", metavar="PNG", help="write LV and RV volume over the cardiac cycle")
-    cardiac.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    _add_device_options(cardiac)
     cardiac.set_defaults(handler=run_cardiac_function)
 
     models = commands.add_parser("models", help="list or import model cards")
@@ -682,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "DistributedDataParallel.")
     train.add_argument("config", nargs="?", metavar="CONFIG")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    train.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: PyTorch's, all cores)")
     _add_train_options(train)
     train.set_defaults(handler=run_train)
 
@@ -693,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--layout", default="auto")
     evaluate.add_argument("--val-fraction", type=float, default=0.2)
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    _add_device_options(evaluate)
     evaluate.add_argument("-o", "--output", default="evaluation", help="folder for evaluation.csv and .md")
     _add_cleanup_options(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
@@ -773,11 +785,22 @@ def _configure_logging(verbose: bool) -> None:
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def _set_threads(threads) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
+        _set_threads(getattr(args, "threads", None))
         return args.handler(args)
     except DinsegError as error:
         print(f"dinseg: error: {error}", file=sys.stderr)

@@ -52,7 +52,7 @@ class StageTimer:
 
 
 def resolve_device(device: str = "auto"):
-    """'auto' -> cuda, then mps, then cpu; an unavailable explicit device is an InputError."""
+    """'auto' -> cuda, then mps, then cpu; 'cuda:N' picks a GPU; an unavailable device is an InputError."""
     import torch
 
     if device == "auto":
@@ -61,12 +61,16 @@ def resolve_device(device: str = "auto"):
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA GPU is available here")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA GPU is available here")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: there are {torch.cuda.device_count()} GPU(s), numbered 0 to "
+                         f"{torch.cuda.device_count() - 1}")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InputError("--device mps: Apple MPS is not available here")
-    if device not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or mps")
     return torch.device(device)
 
 

@@ -326,9 +326,9 @@ class DINTrainingLogic:
         train_cases = [prepare_case(case_id, volume, labels, preprocessing)
                        for case_id, volume, labels in splits["train"]]
         val_cases = splits["val"]
-        log.info("training on %d case(s), validating on %d, %d classes, preset %s/%s, device %s, world %d",
-                 len(train_cases), len(val_cases), num_classes, config.preset, config.fusion, device,
-                 dist.world_size)
+        log.info("training on %d case(s), validating on %d, %d classes, preset %s/%s, device %s, %d CPU threads, "
+                 "world %d", len(train_cases), len(val_cases), num_classes, config.preset, config.fusion, device,
+                 torch.get_num_threads(), dist.world_size)
 
         torch.manual_seed(config.seed)
         network = build_network(net_config)
