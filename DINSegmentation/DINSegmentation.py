@@ -204,6 +204,7 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoReplaceButton.connect("clicked(bool)", self.onUndoReplaceButton)
         self.ui.show3DButton.connect("clicked(bool)", self.onShow3DButton)
         self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditorButton)
+        self.ui.saveDicomSegButton.connect("clicked(bool)", self.onSaveDicomSegButton)
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.setValue(0)
 
@@ -321,6 +322,8 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         result = self._resultSegmentation()
         self.ui.show3DButton.enabled = result is not None and not running
         self.ui.editInSegmentEditorButton.enabled = result is not None and not running
+        fromDicom = self._jobVolume is not None and bool(self._jobVolume.GetAttribute("DICOM.instanceUIDs"))
+        self.ui.saveDicomSegButton.enabled = result is not None and not running and fromDicom
 
     def _resultSegmentation(self):
         """The segmentation node of the last successful run, if it is still in the scene."""
@@ -463,6 +466,25 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 layoutManager = slicer.app.layoutManager()
                 if layoutManager is not None and layoutManager.threeDViewCount > 0:
                     layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
+
+    def onSaveDicomSegButton(self) -> None:
+        """Write the result as DICOM SEG (the engine's writer) and import it into the DICOM database."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to save as DICOM SEG."), waitCursor=True):
+            import shutil
+            import tempfile
+
+            from DICOMLib import DICOMUtils
+
+            segmentation, volume = self._resultSegmentation(), self._jobVolume
+            files = self.logic.dicom_source_files(volume, slicer.dicomDatabase)
+            if segmentation is None or not files:
+                raise ValueError(_("The input volume was not loaded from Slicer's DICOM database."))
+            folder = tempfile.mkdtemp(prefix="DINSegmentation-", dir=slicer.app.temporaryPath)
+            path = self.logic.save_dicom_seg(segmentation, volume, files, os.path.join(folder, "segmentation.dcm"),
+                                             model=self._parameterNode.model or None)
+            DICOMUtils.importDicom(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            self.ui.statusLabel.text = _("Saved {name} to the DICOM database.").format(name=os.path.basename(path))
 
     def onEditInSegmentEditorButton(self) -> None:
         segmentation = self._resultSegmentation()

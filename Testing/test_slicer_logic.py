@@ -786,3 +786,28 @@ def test_statistics_table_has_the_engine_numbers(env, logic, card):
         assert table.GetValueByName(row, "structure").ToString() == want["structure"]
         for key in ("voxels", "volume_ml", "mean", "p95", "centroid_lps_x_mm"):
             assert table.GetValueByName(row, key).ToDouble() == pytest.approx(want[key]), key
+
+
+def test_save_dicom_seg_from_a_segmentation_node_references_the_series(env, logic, card, card_path, tmp_path):
+    pytest.importorskip("highdicom", reason="DICOM SEG needs highdicom")
+    import pydicom
+
+    from dinseg.bench import write_dicom_series
+
+    files = write_dicom_series(sitk.ReadImage(str(CT))[:, :, 80:90], tmp_path / "series")
+    volume = load_volume(env, files[0], "CT series")
+    assert volume.GetImageData().GetDimensions()[2] == 10
+    segmentation = logic.segment(volume, model=card_path, device="cpu")
+    labels = mrml.segmentation_to_labels(segmentation, volume, card.labels)
+    path = logic.save_dicom_seg(segmentation, volume, [str(f) for f in reversed(files)], tmp_path / "seg.dcm",
+                                model=card_path)
+    seg = pydicom.dcmread(path)
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == pydicom.dcmread(files[0]).StudyInstanceUID
+    frames = seg.pixel_array.reshape(-1, *labels.shape[1:])
+    segment_of_frame = [f.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+                        for f in seg.PerFrameFunctionalGroupsSequence]
+    names = {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence}
+    value = {info.name: info.value for info in card.labels}
+    assert sum(int(frame.sum()) for frame in frames) == int(np.count_nonzero(labels))
+    assert all(frame.sum() > 0 for frame in frames) and len(set(segment_of_frame)) == len(names)
+    assert {value[n] for n in names.values()} == set(np.unique(labels)) - {0}

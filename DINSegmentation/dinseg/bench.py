@@ -181,6 +181,47 @@ def synthetic_ct_volume(path: Path, slices: int, size: int = 512, spacing: float
     sitk.WriteImage(resampled, str(path), True)
 
 
+#: DICOM SOP classes of the series write_dicom_series makes
+_SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
+
+
+def write_dicom_series(image, folder: Path, modality: str = "CT") -> List[Path]:
+    """Store a 3D SimpleITK image as a DICOM series of single-frame images (int16), one file per
+    slice with the UIDs, positions and orientation a PACS series has; returns the files in slice order."""
+    import uuid
+
+    import SimpleITK as sitk
+
+    def uid() -> str:
+        return f"2.25.{uuid.uuid4().int}"
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.Cast(image, sitk.sitkInt16)
+    d = image.GetDirection()
+    shared = {"0008|0060": modality, "0008|0016": _SOP_CLASSES[modality], "0020|000d": uid(), "0020|000e": uid(),
+              "0020|0052": uid(), "0010|0010": "DINSEG^TEST", "0010|0020": "DINSEG-TEST", "0020|0011": "1",
+              "0020|0010": "1",
+              "0008|0020": "20260101", "0008|0030": "120000", "0008|103e": "dinseg test series",
+              "0020|0037": "\\".join(f"{v:.9f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+              "0018|0050": f"{image.GetSpacing()[2]:.6f}"}
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    files = []
+    for k in range(image.GetDepth()):
+        slice_image = image[:, :, k]
+        for tag, value in shared.items():
+            slice_image.SetMetaData(tag, value)
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        slice_image.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
+        slice_image.SetMetaData("0020|0013", str(k + 1))
+        slice_image.SetMetaData("0008|0018", uid())
+        path = folder / f"slice{k:04d}.dcm"
+        writer.SetFileName(str(path))
+        writer.Execute(slice_image)
+        files.append(path)
+    return files
+
+
 def segment_rows(slice_counts: List[int], model: str, device: str, threads: int) -> List[Dict]:
     """Run ``dinseg segment`` in a fresh process per volume size; per-stage seconds and peak memory."""
     rows = []

@@ -78,6 +78,9 @@ def _chosen_model(volume):
     return card
 
 
+#: --format value -> output extension
+FORMAT_EXTENSIONS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd", "nii": ".nii", "mha": ".mha",
+                     "dicom-seg": ".dcm"}
 #: image file types a folder of cases may hold (each file one case; subfolders are DICOM series)
 CASE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -184,12 +187,33 @@ def _write_extras(args, volume, result, card, statistics_path) -> None:
         write_masks(args.split, result.labels, result.geometry, card.labels, result.frame_spacing)
 
 
+def _check_dicom_seg_source(output: Path, volume, name: str) -> None:
+    """Before any work: a DICOM SEG output needs a DICOM series input with the UIDs it references."""
+    if output.name.lower().endswith(".dcm"):
+        from .dicomseg import source_datasets
+
+        source_datasets(volume, name)
+
+
+def _write_result(output: Path, volume, result, card) -> None:
+    """The segmentation in the output's format: DICOM SEG (.dcm), Slicer .seg.nrrd or a labelmap."""
+    if output.name.lower().endswith(".dcm"):
+        from .dicomseg import write_dicom_seg
+
+        write_dicom_seg(output, result.labels, volume, card.labels, card.name, card.version)
+        return
+    from .segfile import write_segmentation
+
+    write_segmentation(output, result.labels, result.geometry, card.labels, result.frame_spacing)
+
+
 def _segment_one(args) -> int:
     from .infer import StageTimer, check_modality
     from .io import check_output_path, read_volume
-    from .segfile import write_segmentation
 
     output = check_output_path(args.output)
+    if args.format == "dicom-seg" and not output.name.lower().endswith(".dcm"):
+        raise InputError(f"{output}: --format dicom-seg writes a .dcm file; name the output NAME.dcm")
     if args.preview:
         check_output_path(args.preview, extensions=(".png",))
     _check_extras(args, batch=False)
@@ -206,9 +230,10 @@ def _segment_one(args) -> int:
         segmenter = segmenters.get(card)
     check_modality(volume, card, strict=args.strict)
     _check_frames_fit(volume, output, args.frames, args.inputs[0])
+    _check_dicom_seg_source(output, volume, args.inputs[0])
     result = segmenter.segment(volume, frame=args.frames, timer=timer)
     with timer.stage("write"):
-        write_segmentation(output, result.labels, result.geometry, card.labels, result.frame_spacing)
+        _write_result(output, volume, result, card)
         _write_extras(args, volume, result, card, args.statistics)
     if args.preview:
         from .preview import render_preview
@@ -250,7 +275,6 @@ def _segment_batch(args) -> int:
 
     from .infer import check_modality
     from .io import check_output_path, read_volume
-    from .segfile import write_segmentation
 
     if args.preview:
         raise InputError("--preview takes one input; in a batch, segment the case again with -o FILE --preview")
@@ -261,7 +285,7 @@ def _segment_batch(args) -> int:
         if not folder.parent.is_dir():
             raise InputError(f"{folder}: its parent folder {folder.parent} does not exist")
         folder.mkdir()
-    extension = "." + args.format
+    extension = FORMAT_EXTENSIONS[args.format or "seg.nrrd"]
     check_output_path(folder / f"case{extension}")
     segmenters = _Segmenters(args)
     done = skipped = failed = 0
@@ -279,8 +303,9 @@ def _segment_batch(args) -> int:
             segmenter = segmenters.get(card)
             check_modality(volume, card, strict=args.strict, name=name)
             _check_frames_fit(volume, output, args.frames, name)
+            _check_dicom_seg_source(output, volume, name)
             result = segmenter.segment(volume, frame=args.frames)
-            write_segmentation(output, result.labels, result.geometry, card.labels, result.frame_spacing)
+            _write_result(output, volume, result, card)
             _write_extras(args, volume, result, card,
                           folder / f"{name}_{Path(args.statistics).name}" if args.statistics else None)
         except DinsegError as error:
@@ -631,10 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="image file, DICOM folder, or (batch) several of them or a folder of cases")
     segment.add_argument("-o", "--output", required=True,
                          help="output .seg.nrrd (Slicer segmentation with names, colours, terminology), "
-                              ".nrrd, .nii.gz, .nii or .mha (labelmap); for several inputs a folder "
+                              ".nrrd, .nii.gz, .nii or .mha (labelmap), .dcm (DICOM SEG, for a DICOM series "
+                              "input); for several inputs a folder "
                               "(one output per case, named after it)")
-    segment.add_argument("--format", default="seg.nrrd", choices=("seg.nrrd", "nii.gz", "nrrd", "nii", "mha"),
-                         help="output type of each case in a batch (default: %(default)s)")
+    segment.add_argument("--format", choices=tuple(FORMAT_EXTENSIONS),
+                         help="output type of each case in a batch (default: seg.nrrd); dicom-seg: a DICOM "
+                              "Segmentation (.dcm) referencing a DICOM series input")
     segment.add_argument("--skip-existing", action="store_true", help="in a batch, skip cases already written")
     segment.add_argument("--statistics", metavar="FILE",
                          help="per structure (and frame): voxels, volume (mL), mean, sd, median, 5th and 95th "

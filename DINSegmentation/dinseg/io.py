@@ -11,7 +11,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from .errors import InputError, OutputError
 from .geometry import Geometry
 
 #: output extensions, longest first so that ".seg.nrrd" wins over ".nrrd"
-OUTPUT_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha")
+OUTPUT_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".dcm")
 _FRAME_TIME_TAG = "0018,1063"
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 log = logging.getLogger("dinseg")
@@ -37,6 +37,7 @@ class ImageVolume:
     geometry: Geometry
     modality: Optional[str] = None
     frame_spacing: Optional[float] = None
+    source_files: Tuple[str, ...] = ()  # a DICOM input's files, in the order of the array's slices
 
     @property
     def is_time_series(self) -> bool:
@@ -75,12 +76,13 @@ def _read_sitk_image(path: Path):
         reader.LoadPrivateTagsOff()
         image = reader.Execute()
         modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
-        return image, modality
+        return image, modality, tuple(names)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     image = reader.Execute()
     modality = image.GetMetaData("0008|0060").strip() if image.HasMetaDataKey("0008|0060") else None
-    return image, modality
+    is_dicom = reader.GetImageIO() == "GDCMImageIO" or image.HasMetaDataKey("0008|0018")
+    return image, modality, (str(path),) if is_dicom else ()
 
 
 def _is_multiframe_cine(image) -> bool:
@@ -101,7 +103,7 @@ def read_volume(path) -> ImageVolume:
     if path.name.lower().endswith((".nii", ".nii.gz")):
         check_nifti_payload(path)
     try:
-        image, modality = _read_sitk_image(path)
+        image, modality, source_files = _read_sitk_image(path)
     except RuntimeError as error:
         reason = str(error).strip().splitlines()
         raise InputError(f"{path}: cannot read this image ({_short_reason(reason)})") from None
@@ -128,7 +130,8 @@ def read_volume(path) -> ImageVolume:
     else:
         geometry = Geometry.from_sitk(image)
     check_voxels(array, str(path))
-    return ImageVolume(array=array, geometry=geometry, modality=modality, frame_spacing=frame_spacing)
+    return ImageVolume(array=array, geometry=geometry, modality=modality, frame_spacing=frame_spacing,
+                       source_files=source_files)
 
 
 def check_nifti_payload(path: Path) -> None:

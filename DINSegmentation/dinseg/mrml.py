@@ -580,6 +580,28 @@ class DINSegmentationMRMLLogic:
             proxy.CreateDefaultDisplayNodes()
         return output_sequence
 
+    # -- DICOM SEG ---------------------------------------------------------------------------
+    @staticmethod
+    def dicom_source_files(volume_node, database=None) -> List[str]:
+        """The DICOM files a volume was loaded from (Slicer's DICOM database), [] if none."""
+        uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+        if not uids or database is None:
+            return []
+        files = [database.fileForInstance(uid) for uid in uids]
+        return [f for f in files if f]
+
+    def save_dicom_seg(self, segmentation_node, volume_node, source_files: Sequence[str], path, model=None):
+        """Write the segmentation as a DICOM SEG referencing the volume's source series (``source_files``,
+        any order); segments are named and coded as the model card says (``model`` None: the volume's model)."""
+        from .dicomseg import order_by_slice, write_dicom_seg
+
+        image = volume_to_image(volume_node)
+        card = _card_of(model, image)
+        image.source_files = order_by_slice(source_files, image.geometry)
+        labels = segmentation_to_labels(segmentation_node, volume_node, card.labels)
+        write_dicom_seg(path, labels, image, card.labels, card.name, card.version)
+        return Path(path)
+
     # -- statistics --------------------------------------------------------------------------
     def statistics_table(self, segmentation_node, volume_node, name: Optional[str] = None):
         """A table node of each segment's volume, intensity statistics, centroid (LPS) and bounding
