@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .cli import SAMPLES
+from .samples import SAMPLES
 from .evaluate import markdown_table
 
 SAMPLE_CT = SAMPLES["abdomen-ct"]
@@ -251,6 +251,49 @@ code = main(["segment", *sys.argv[1:], "--progress", "json"])
 print(json.dumps({"event": "peak", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 sys.exit(code)
 """
+
+
+def dicom_seg_rows(slices: int, model: str, device: str) -> List[Dict]:
+    """Segment a 512 x 512 x ``slices`` CT stored as a DICOM series once, then write the labels as
+    .seg.nrrd, .nii.gz and DICOM SEG; seconds of each write, of the segmentation, and file sizes."""
+    import SimpleITK as sitk
+
+    from .dicomseg import write_dicom_seg
+    from .infer import Segmenter
+    from .io import read_volume
+    from .models import find_model
+    from .segfile import write_segmentation
+
+    card = find_model(model)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        volume_path = Path(folder) / "ct.nii.gz"
+        synthetic_ct_volume(volume_path, slices)
+        series = Path(folder) / "series"
+        write_dicom_series(sitk.ReadImage(str(volume_path)), series)
+        started = time.perf_counter()
+        volume = read_volume(series)
+        result = Segmenter(card, device=device).segment(volume)
+        segment_seconds = time.perf_counter() - started
+        writers = {".seg.nrrd": lambda path: write_segmentation(path, result.labels, result.geometry, card.labels),
+                   ".nii.gz": lambda path: write_segmentation(path, result.labels, result.geometry, card.labels),
+                   ".dcm (DICOM SEG)": lambda path: write_dicom_seg(path, result.labels, volume, card.labels,
+                                                                    card.name, card.version)}
+        for name, write in writers.items():
+            path = Path(folder) / f"labels{name.split()[0]}"
+            started = time.perf_counter()
+            write(path)
+            rows.append({"output": name, "write_s": time.perf_counter() - started, "segment_s": segment_seconds,
+                         "megabytes": path.stat().st_size / 1e6})
+    return rows
+
+
+def format_dicom_seg_table(rows: List[Dict], slices: int, model: str) -> str:
+    header = ["output", "write (s)", "write / segmentation", "file (MB)"]
+    table = [[row["output"], f"{row['write_s']:.2f}", f"{100 * row['write_s'] / row['segment_s']:.1f} %",
+              f"{row['megabytes']:.2f}"] for row in rows]
+    return (f"512 x 512 x {slices} CT as a DICOM series, model {model}; reading and segmenting it took "
+            f"{rows[0]['segment_s']:.1f} s\n\n" + markdown_table(header, table))
 
 
 def format_segment_table(rows: List[Dict], model: str, device: str, threads: int) -> str:

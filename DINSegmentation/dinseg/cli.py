@@ -17,23 +17,9 @@ from typing import Dict, List, Sequence, Tuple
 
 from . import __version__
 from .errors import DinsegError, InputError
+from .samples import SAMPLES, resolve_input
 
 log = logging.getLogger("dinseg")
-SAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "sample"
-#: bundled sample images, usable as INPUT "sample:NAME"
-SAMPLES = {"abdomen-ct": SAMPLES_DIR / "abdomen_ct.nii.gz", "abdomen-mr": SAMPLES_DIR / "abdomen_mr.nii.gz"}
-
-
-def resolve_input(name: str) -> Path:
-    """A path, or ``sample:NAME`` for a bundled sample image."""
-    if name.startswith("sample:"):
-        key = name[len("sample:"):]
-        if key not in SAMPLES:
-            raise InputError(f"unknown sample {key!r}; bundled samples: {', '.join(SAMPLES)}")
-        return SAMPLES[key]
-    return Path(name)
-
-
 class ProgressReporter:
     """Progress on stderr as a bar (terminals), as JSON lines on stdout (the Slicer module), or not at all."""
 
@@ -643,6 +629,13 @@ def _add_cleanup_options(parser: argparse.ArgumentParser) -> None:
                         help=f"fill holes enclosed by a structure {default}")
 
 
+def run_bench_dicom_seg(args) -> int:
+    from .bench import dicom_seg_rows, format_dicom_seg_table
+
+    print(format_dicom_seg_table(dicom_seg_rows(args.slices, args.model, args.device), args.slices, args.model))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinseg", description="Dual Interaction Network organ segmentation.")
     parser.add_argument("--version", action="version", version=f"dinseg {__version__}")
@@ -777,6 +770,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_segment.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
     bench_segment.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
     bench_segment.set_defaults(handler=run_bench_segment)
+
+    bench_dicom_seg = commands.add_parser("bench-dicom-seg",
+                                          help="benchmark: the time DICOM SEG writing adds, against .seg.nrrd and .nii.gz")
+    bench_dicom_seg.add_argument("--slices", type=int, default=150, help="slices of the 512x512 series (default: 150)")
+    bench_dicom_seg.add_argument("--model", default="abdomen-ct-light", help="model name or card path")
+    bench_dicom_seg.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    bench_dicom_seg.set_defaults(handler=run_bench_dicom_seg)
 
     bench_robustness = commands.add_parser(
         "bench-robustness", help="benchmark: the bundled CT stored in other orientations and resolutions")
