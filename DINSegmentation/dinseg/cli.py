@@ -143,6 +143,19 @@ def _check_frames_fit(volume, output: Path, frames, name: str) -> None:
                          "frame: write .nrrd or .nii.gz for all frames, or choose one with --frames N")
 
 
+def _refuse_overwriting_inputs(outputs, inputs) -> None:
+    """Before any work: no output may be an input file or lie inside an input folder (a DICOM series)."""
+    sources = [resolve_input(name).resolve() for name in inputs]
+    for output in outputs:
+        if not output:
+            continue
+        target = Path(output).resolve()
+        for source in sources:
+            if target == source or (source.is_dir() and source in target.parents):
+                raise InputError(f"{output}: is {'the input' if target == source else 'inside the input folder'} "
+                                 f"{source}; refusing to overwrite an input (choose another output)")
+
+
 def _check_extras(args, batch: bool) -> None:
     """Refuse --statistics / --split targets that cannot be written, before any work."""
     from .io import check_output_path, output_extension
@@ -198,6 +211,7 @@ def _segment_one(args) -> int:
     from .io import check_output_path, read_volume
 
     output = check_output_path(args.output)
+    _refuse_overwriting_inputs([args.output, args.preview, args.statistics, args.split], args.inputs)
     if args.format == "dicom-seg" and not output.name.lower().endswith(".dcm"):
         raise InputError(f"{output}: --format dicom-seg writes a .dcm file; name the output NAME.dcm")
     if args.preview:
@@ -266,6 +280,7 @@ def _segment_batch(args) -> int:
         raise InputError("--preview takes one input; in a batch, segment the case again with -o FILE --preview")
     _check_extras(args, batch=True)
     cases = _batch_cases(args.inputs)
+    _refuse_overwriting_inputs([args.output], args.inputs)
     folder = Path(args.output)
     if not folder.is_dir():
         if not folder.parent.is_dir():
@@ -353,6 +368,7 @@ def run_cardiac_function(args) -> int:
     for extension, path in outputs.items():
         if path:
             check_output_path(path, extensions=(extension,))
+    _refuse_overwriting_inputs(outputs.values(), args.inputs)
     frames, spacing, infos, name = _cardiac_labels(args)
     result = cardiac_function(frames, spacing, infos,
                               ed_frame=None if args.ed is None else args.ed - 1,
@@ -822,7 +838,20 @@ def _set_threads(threads) -> None:
     torch.set_num_threads(threads)
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a killed job, Cancel in Slicer) unwinds like Ctrl-C, so no temporary file stays behind."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv=None) -> int:
+    _interrupt_on_sigterm()
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)

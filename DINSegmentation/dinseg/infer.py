@@ -189,7 +189,8 @@ class Segmenter:
             if not volume.is_time_series:
                 raise InputError("--frames N applies to a 4D time series; this image is 3D")
             if not 0 <= frame < volume.frames:
-                raise InputError(f"frame {frame} does not exist; the series has frames 0..{volume.frames - 1}")
+                raise InputError(f"frame {frame + 1} does not exist; the series has frames 1..{volume.frames} "
+                                 "(counting from 1)")
             array = array[frame]
         frames = array if array.ndim == 4 else array[np.newaxis]
         bounds = self.card.preprocessing.normalization.bounds(array)

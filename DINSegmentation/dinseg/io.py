@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import logging
 import os
 import struct
@@ -67,9 +68,16 @@ def _read_sitk_image(path: Path):
             raise InputError(f"{path}: no DICOM series found in this folder")
         if len(files) == 1:
             return _read_sitk_image(files[0])
-        names = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
+        by_series = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid) for uid in series}
+        chosen = max(by_series, key=lambda uid: len(by_series[uid]))
+        names = by_series[chosen]
         if len(series) > 1:
-            log.warning("%s holds %d DICOM series; reading the largest (%d files)", path, len(series), len(names))
+            others = ", ".join(f"{uid} ({len(files)} files)" for uid, files in by_series.items() if uid != chosen)
+            log.warning("%s holds %d DICOM series; reading the largest, %s (%d files); not read: %s. Give a "
+                        "folder with one series to choose another", path, len(series), chosen, len(names), others)
+        if len(names) == 1:  # one file, as if given directly (a multi-frame cine stays a cine)
+            return _read_sitk_image(Path(names[0]))
+        _check_dicom_pixel_data(names)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(names)
         reader.MetaDataDictionaryArrayUpdateOn()
@@ -79,10 +87,49 @@ def _read_sitk_image(path: Path):
         return image, modality, tuple(names)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    _check_declared_size(path, reader.GetSize(), reader.GetNumberOfComponents())
+    if reader.GetImageIO() == "GDCMImageIO":
+        _check_dicom_pixel_data([path])
     image = reader.Execute()
     modality = image.GetMetaData("0008|0060").strip() if image.HasMetaDataKey("0008|0060") else None
     is_dicom = reader.GetImageIO() == "GDCMImageIO" or image.HasMetaDataKey("0008|0018")
     return image, modality, (str(path),) if is_dicom else ()
+
+
+def _check_dicom_pixel_data(files) -> None:
+    """A DICOM file whose Rows, Columns, frames or bit depth contradict its pixel data is refused
+    (GDCM would read past or short of the data). Needs pydicom; skipped without it, and for
+    compressed (encapsulated) pixel data, whose length is not fixed."""
+    try:
+        import pydicom
+    except ImportError:
+        return
+    for path in files:
+        try:
+            dataset = pydicom.dcmread(path, defer_size=256, stop_before_pixels=False)
+            element = dataset.get_item("PixelData")
+            if element is None or element.length == 0xFFFFFFFF:
+                continue
+            frames = int(dataset.get("NumberOfFrames", 1) or 1)
+            bits = (int(dataset.Rows) * int(dataset.Columns) * frames * int(dataset.BitsAllocated)
+                    * int(dataset.get("SamplesPerPixel", 1) or 1))
+        except Exception:  # unreadable to pydicom: GDCM decides, as before
+            continue
+        if element.length != (bits + 7) // 8 + ((bits + 7) // 8) % 2:
+            raise InputError(f"{path}: its pixel data holds {element.length} bytes, but Rows x Columns x frames x "
+                             f"bits declare {(bits + 7) // 8}: a corrupt or contradictory header")
+
+
+#: the most voxels an input may declare (16 GiB of float32): a corrupt header must not exhaust memory
+MAX_INPUT_VOXELS = 1 << 32
+
+
+def _check_declared_size(path: Path, size, components: int) -> None:
+    voxels = int(np.prod([int(s) for s in size], dtype=np.float64)) * max(int(components), 1)
+    if voxels > MAX_INPUT_VOXELS:
+        raise InputError(f"{path}: declares {' x '.join(map(str, size))} voxels, more than dinseg reads "
+                         f"({MAX_INPUT_VOXELS} at most): a corrupt header?")
 
 
 def _is_multiframe_cine(image) -> bool:
@@ -99,6 +146,8 @@ def read_volume(path) -> ImageVolume:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes)")
     sitk = _sitk()
     if path.name.lower().endswith((".nii", ".nii.gz")):
         check_nifti_payload(path)
@@ -241,11 +290,168 @@ def _new_file_mode() -> int:
 _NEW_FILE_MODE = _new_file_mode()
 
 
+class IncompleteFile(Exception):
+    """The bytes on disk are not the whole file meant (a full disk that a writer did not report)."""
+
+
+def _sync(path: Path) -> None:
+    """Flush the file's data to the disk (a full or failing disk raises OSError here)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _space_hint(path: Path) -> str:
+    try:
+        stats = os.statvfs(path.parent if str(path.parent) else ".")
+    except (OSError, AttributeError):
+        return ""
+    return " (no space left on device?)" if stats.f_bavail * stats.f_frsize < (1 << 20) else ""
+
+
+def _gzip_stream_complete(stream, wbits: int = 16 + zlib.MAX_WBITS) -> bool:
+    """Whether a gzip (or, with wbits=MAX_WBITS, zlib) stream read from ``stream`` ends properly."""
+    inflater = zlib.decompressobj(wbits)
+    try:
+        while not inflater.eof:
+            chunk = stream.read(1 << 20)
+            if not chunk:
+                return False
+            inflater.decompress(chunk, 1 << 24)
+            while inflater.unconsumed_tail and not inflater.eof:
+                inflater.decompress(inflater.unconsumed_tail, 1 << 24)
+    except zlib.error:
+        return False
+    return True
+
+
+_NRRD_TYPES = {"uchar": 1, "unsigned char": 1, "uint8": 1, "char": 1, "signed char": 1, "int8": 1, "short": 2,
+               "int16": 2, "ushort": 2, "unsigned short": 2, "uint16": 2, "int": 4, "int32": 4, "uint": 4,
+               "unsigned int": 4, "uint32": 4, "float": 4, "double": 8, "longlong": 8, "int64": 8,
+               "ulonglong": 8, "uint64": 8}
+_META_TYPES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+               "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8}
+
+
+def _header_fields(stream, separator: str, last_key: Optional[str]) -> dict:
+    """``key<separator>value`` header lines up to a blank line (NRRD) or up to ``last_key`` (MetaImage)."""
+    fields = {}
+    while True:
+        line = stream.readline()
+        if not line:
+            raise IncompleteFile("the header is cut short")
+        text = line.decode("latin-1").strip()
+        if not text and last_key is None:
+            return fields
+        key, found, value = text.partition(separator)
+        if found:
+            fields[key.strip().lower()] = value.strip()
+            if last_key is not None and key.strip().lower() == last_key:
+                return fields
+
+
+def _raw_size_complete(stream, expected: int) -> bool:
+    here = stream.tell()
+    stream.seek(0, 2)
+    return stream.tell() - here >= expected
+
+
+def verify_written(path: Path, extension: str) -> None:
+    """Check that a file just written holds all its bytes: compressed streams end, raw data sizes
+    match their headers, PNG ends in IEND, JSON parses, DICOM's pixel data is whole. Raises
+    IncompleteFile with the reason."""
+    if path.stat().st_size == 0:
+        raise IncompleteFile("the written file is empty")
+    if extension in (".nii.gz", ".nii"):
+        try:
+            check_nifti_payload(path)
+        except InputError:
+            raise IncompleteFile("the written file is incomplete") from None
+        if extension == ".nii.gz":
+            with open(path, "rb") as stream:
+                if not _gzip_stream_complete(stream):
+                    raise IncompleteFile("the written file's compressed data is incomplete")
+    elif extension in (".nrrd", ".seg.nrrd"):
+        with open(path, "rb") as stream:
+            fields = _header_fields(stream, ":", None)
+            if fields.get("encoding") == "gzip" and not _gzip_stream_complete(stream):
+                raise IncompleteFile("the written file's compressed data is incomplete")
+            if fields.get("encoding") == "raw":
+                count = int(np.prod([int(v) for v in fields.get("sizes", "0").split()]))
+                if not _raw_size_complete(stream, count * _NRRD_TYPES.get(fields.get("type", ""), 1)):
+                    raise IncompleteFile("the written file's data is incomplete")
+    elif extension == ".mha":
+        with open(path, "rb") as stream:
+            fields = _header_fields(stream, "=", "elementdatafile")
+            if fields.get("compresseddata", "False").lower() == "true":
+                if not _gzip_stream_complete(stream, zlib.MAX_WBITS):
+                    raise IncompleteFile("the written file's compressed data is incomplete")
+            else:
+                count = int(np.prod([int(v) for v in fields.get("dimsize", "0").split()]))
+                channels = int(fields.get("elementnumberofchannels", "1"))
+                if not _raw_size_complete(stream, count * channels * _META_TYPES.get(fields.get("elementtype"), 1)):
+                    raise IncompleteFile("the written file's data is incomplete")
+    elif extension == ".png":
+        with open(path, "rb") as stream:
+            stream.seek(-12, 2)
+            if stream.read(12)[4:8] != b"IEND":
+                raise IncompleteFile("the written picture is incomplete")
+    elif extension == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise IncompleteFile("the written JSON is incomplete") from None
+    elif extension == ".dcm":
+        _verify_dicom(path)
+    elif extension == ".pt":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if archive.testzip() is not None:
+                    raise IncompleteFile("the written weights are corrupt")
+        except zipfile.BadZipFile:
+            raise IncompleteFile("the written weights are incomplete") from None
+
+
+def _verify_dicom(path: Path) -> None:
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(path)
+        pixels = dataset.get("PixelData")
+    except Exception:  # pydicom raises many types for a cut file; all mean "incomplete"
+        raise IncompleteFile("the written DICOM object is incomplete") from None
+    if pixels is not None:
+        frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+        bits = dataset.Rows * dataset.Columns * frames * dataset.BitsAllocated * dataset.get("SamplesPerPixel", 1)
+        if len(pixels) < (bits + 7) // 8:
+            raise IncompleteFile("the written DICOM object's pixel data is incomplete")
+
+
 @contextlib.contextmanager
 def atomic_output(path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` with the same extension; rename it into place on success.
-
-    On any error the temporary file is removed, so a failed write leaves nothing behind.
+    """Yield a temporary path beside ``path`` with the same extension; once the writer is done, sync
+    it, check that the bytes on disk are the whole file (:func:`verify_written`), and rename it
+    over ``path``. On any failure (here or in the writer, including an interrupt) the temporary
+    file is removed and an :class:`OutputError` names the file and the cause: ``path`` keeps its
+    old content, if any.
     """
     path = Path(path)
     name = path.name.lower()
@@ -259,8 +465,13 @@ def atomic_output(path) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
+        _sync(temporary)
+        verify_written(temporary, extension)
         os.chmod(temporary, _NEW_FILE_MODE)  # mkstemp makes it owner-only; give it a normal file's mode
         os.replace(temporary, path)
+        _sync_folder(path.parent if str(path.parent) else Path("."))
+    except IncompleteFile as error:
+        raise OutputError(f"{path}: {error}{_space_hint(path)}") from None
     except OSError as error:
         raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
     except RuntimeError as error:  # SimpleITK's writers report I/O failures this way
