@@ -166,3 +166,14 @@ def test_an_empty_file_says_so(tmp_path, random_ct_model, capsys):
     empty.touch()
     assert main(["segment", str(empty), "-o", str(tmp_path / "l.nii.gz"), "--model", str(random_ct_model)]) == 2
     assert _one_error_line(capsys) == f"dinseg: error: {empty}: the file is empty (0 bytes)"
+
+
+def test_dicom_whose_header_contradicts_its_pixel_data_is_refused(tmp_path, random_ct_model, capsys):
+    pydicom = pytest.importorskip("pydicom")
+    dataset = pydicom.dcmread(CINE_DICOM)
+    dataset.Columns = 769
+    dataset.save_as(tmp_path / "bad.dcm")
+    assert main(["segment", str(tmp_path / "bad.dcm"), "-o", str(tmp_path / "l.nii.gz"),
+                 "--model", str(random_ct_model)]) == 2
+    assert "contradictory header" in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.dcm"]

@@ -89,12 +89,18 @@ def _read_sitk_image(path: Path):
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     _check_declared_size(path, reader.GetSize(), reader.GetNumberOfComponents())
-    if reader.GetImageIO() == "GDCMImageIO":
+    if _is_dicom_file(path):
         _check_dicom_pixel_data([path])
     image = reader.Execute()
     modality = image.GetMetaData("0008|0060").strip() if image.HasMetaDataKey("0008|0060") else None
-    is_dicom = reader.GetImageIO() == "GDCMImageIO" or image.HasMetaDataKey("0008|0018")
-    return image, modality, (str(path),) if is_dicom else ()
+    return image, modality, (str(path),) if _is_dicom_file(path) else ()
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file: "DICM" after the 128-byte preamble."""
+    with open(path, "rb") as stream:
+        stream.seek(128)
+        return stream.read(4) == b"DICM"
 
 
 def _check_dicom_pixel_data(files) -> None:
@@ -109,15 +115,17 @@ def _check_dicom_pixel_data(files) -> None:
         try:
             dataset = pydicom.dcmread(path, defer_size=256, stop_before_pixels=False)
             element = dataset.get_item("PixelData")
-            if element is None or element.length == 0xFFFFFFFF:
+            syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+            if element is None or (syntax is not None and syntax.is_compressed):
                 continue
+            length = element.length if hasattr(element, "length") else len(element.value)
             frames = int(dataset.get("NumberOfFrames", 1) or 1)
             bits = (int(dataset.Rows) * int(dataset.Columns) * frames * int(dataset.BitsAllocated)
                     * int(dataset.get("SamplesPerPixel", 1) or 1))
         except Exception:  # unreadable to pydicom: GDCM decides, as before
             continue
-        if element.length != (bits + 7) // 8 + ((bits + 7) // 8) % 2:
-            raise InputError(f"{path}: its pixel data holds {element.length} bytes, but Rows x Columns x frames x "
+        if length != (bits + 7) // 8 + ((bits + 7) // 8) % 2:
+            raise InputError(f"{path}: its pixel data holds {length} bytes, but Rows x Columns x frames x "
                              f"bits declare {(bits + 7) // 8}: a corrupt or contradictory header")
 
 
