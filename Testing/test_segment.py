@@ -230,7 +230,7 @@ def _write(array, path, spacing=(3.0, 3.0, 3.0)):
     ("missing", "no such file"),
     ("truncated", "cannot read"),
     ("truncated_plain", "truncated"),
-    ("empty_file", "cannot read"),
+    ("empty_file", "the file is empty"),
     ("two_d", "2D image"),
     ("constant", "constant"),
     ("nan", "NaN or infinite"),

@@ -1,0 +1,195 @@
+"""``dinseg train``, ``evaluate``, ``synth`` and ``ablation``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+from .common import DEVICE_HELP, add_cleanup_options, add_device_options
+
+log = logging.getLogger("dinseg")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (--batch-size 4, --spacing 1.5 1.5, --enhancement '{"method": "gamma"}')."""
+    import dataclasses
+
+    from ..train import TrainConfig
+
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, dest=field.name, nargs=len(default), type=type(default[0]), default=None,
+                                metavar=field.name.upper())
+        elif isinstance(default, dict):
+            parser.add_argument(flag, dest=field.name, type=json.loads, default=None, metavar="JSON")
+        else:
+            parser.add_argument(flag, dest=field.name, type=type(default), default=None,
+                                metavar=field.name.upper(), help=f"(default: {default})" if default != "" else None)
+
+
+def training_config(args):
+    """The config file (if any) with every flag given on the command line applied on top."""
+    import dataclasses
+
+    from ..train import TrainConfig
+
+    data = {}
+    if args.config:
+        data = TrainConfig.from_file(args.config).to_dict()
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(args, field.name)
+        if value is not None:
+            data[field.name] = value
+    return TrainConfig.from_dict(data)
+
+
+class EpochProgressBar:
+    """A progress bar per epoch on stderr (terminals only; the log carries a line per epoch)."""
+
+    def __init__(self):
+        self.enabled = sys.stderr.isatty()
+        self.line_open = False
+
+    def __call__(self, report) -> None:
+        if not self.enabled:
+            return
+        if report.step == 1 and self.line_open:
+            sys.stderr.write("\n")
+        filled = int(30 * report.step / max(report.steps_per_epoch, 1))
+        sys.stderr.write(f"\repoch {report.epoch}/{report.epochs} [{'#' * filled}{'.' * (30 - filled)}] "
+                         f"{report.step}/{report.steps_per_epoch} loss {report.loss:.4f}")
+        self.line_open = True
+        if report.val_dice is not None:
+            sys.stderr.write(f" validation Dice {report.val_dice:.4f}\n")
+            self.line_open = False
+        sys.stderr.flush()
+
+
+def run_train(args) -> int:
+    from ..train import DINTrainingLogic
+
+    config = training_config(args)
+    logic = DINTrainingLogic(config, progress=EpochProgressBar(), resume=args.resume)
+    result = logic.run()
+    if logic.distributed.is_main:
+        print(f"dinseg: training finished after {result['epochs']} epoch(s); best model card: {result['best_card']}",
+              file=sys.stderr)
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from ..data import open_dataset, split_cases, load_split_file
+    from ..evaluate import CardiacAgreement, evaluate_cases, write_report
+    from ..infer import Segmenter
+    from ..models import find_model
+
+    card = find_model(args.model)
+    dataset = open_dataset(args.data, layout=args.layout)
+    if args.split == "all":
+        cases = dataset.cases
+    else:
+        splits = split_cases(dataset, load_split_file(args.split_file) if args.split_file else None,
+                             val_fraction=args.val_fraction, seed=args.seed)
+        cases = splits.get(args.split, [])
+        if not cases:
+            raise InputError(f"{args.data}: the {args.split!r} split is empty (splits: "
+                             f"{', '.join(f'{k} {len(v)}' for k, v in splits.items())}); use --split all or --split-file")
+    if [label.name for label in card.labels] != list(dataset.class_names):
+        log.warning("model classes %s differ from the dataset's %s; scoring by label value",
+                    [label.name for label in card.labels], dataset.class_names)
+    phases = {case.case_id: case.phase for case in cases}
+    cardiac = CardiacAgreement(card.labels) if any(phases.values()) and any(
+        label.name == "left ventricle" for label in card.labels) else None
+    segmenter = Segmenter(card, device=args.device, largest_component=args.largest_component,
+                          fill_holes=args.fill_holes)
+    per_case = evaluate_cases(card, cases, segmenter=segmenter, on_case=cardiac.add if cardiac else None)
+    if not per_case:
+        raise InputError("no labelled case to evaluate")
+    report = write_report(per_case, [label.name for label in card.labels], args.output, phases=phases,
+                          cardiac=cardiac)
+    print(report.read_text(encoding="utf-8"))
+    import torch
+
+    print(f"dinseg: wrote {report} and {report.with_suffix('.csv')} ({card.name} {card.version}, device "
+          f"{segmenter.device}, {torch.get_num_threads()} CPU threads)", file=sys.stderr)
+    return 0
+
+
+def run_synth(args) -> int:
+    from ..synth import DEGRADATION_LEVELS, write_acdc_phantom
+
+    level = DEGRADATION_LEVELS.get(args.degradation)
+    if level is None:
+        try:
+            level = float(args.degradation)
+        except ValueError:
+            raise InputError(f"--degradation takes {', '.join(DEGRADATION_LEVELS)} or a number in [0, 1]") from None
+    folders = write_acdc_phantom(args.output, args.cases, level, args.seed, first_id=args.first_id)
+    print(f"dinseg: wrote {len(folders)} synthetic phantom case(s) (degradation {level}) in ACDC layout to "
+          f"{args.output}", file=sys.stderr)
+    return 0
+
+
+def run_ablation(args) -> int:
+    from ..ablation import plan_from_args, run_ablation
+
+    plan = plan_from_args(args)
+    run_ablation(plan)
+    print((Path(plan.output) / "ablation.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def add_parsers(commands) -> None:
+    """This module's subcommands on the ``dinseg`` parser."""
+    train = commands.add_parser("train", help="train a DIN model (CPU, GPU, or torchrun for several)",
+                                description="Train on an ACDC, Synapse, BTCV or MSD/nnU-Net folder. CONFIG (YAML or "
+                                            "JSON) sets any option; flags override it. Under torchrun, trains with "
+                                            "DistributedDataParallel.")
+    train.add_argument("config", nargs="?", metavar="CONFIG")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    train.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: PyTorch's, all cores)")
+    _add_train_options(train)
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="per-case, per-class Dice and HD95 of a model on a dataset")
+    evaluate.add_argument("--model", required=True, help="model name or card path")
+    evaluate.add_argument("--data", required=True, help="dataset folder (ACDC, Synapse, BTCV, MSD/nnU-Net)")
+    evaluate.add_argument("--split", default="test", help="train, val, test or all (default: %(default)s)")
+    evaluate.add_argument("--split-file", help="JSON/YAML with the case lists of each split")
+    evaluate.add_argument("--layout", default="auto")
+    evaluate.add_argument("--val-fraction", type=float, default=0.2)
+    evaluate.add_argument("--seed", type=int, default=0)
+    add_device_options(evaluate)
+    evaluate.add_argument("-o", "--output", default="evaluation", help="folder for evaluation.csv and .md")
+    add_cleanup_options(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
+
+    synth = commands.add_parser("synth", help="write a synthetic cardiac short-axis PHANTOM in the ACDC layout")
+    synth.add_argument("output", metavar="OUT")
+    synth.add_argument("--cases", type=int, default=20)
+    synth.add_argument("--degradation", default="moderate", help="mild, moderate, severe or a number in [0, 1]")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--first-id", type=int, default=1, help="first patient number")
+    synth.set_defaults(handler=run_synth)
+
+    ablation = commands.add_parser("ablation", help="single vs concat vs difm, trained and scored alike",
+                                   description="Train the single, concat and difm variants from one training "
+                                               "configuration (data, split, preprocessing, preset) with the same "
+                                               "budget and seeds; score each on its validation patients; print a "
+                                               "table (also ablation.md and ablation.csv in --output).")
+    ablation.add_argument("config", metavar="CONFIG", help="training configuration, e.g. configs/acdc-light.yaml")
+    ablation.add_argument("--output", help="work folder (default: runs/ablation)")
+    ablation.add_argument("--variants", nargs="+", choices=("single", "concat", "difm"))
+    ablation.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: 0 1)")
+    ablation.add_argument("--epochs", type=int, help="epochs per run (default: the configuration's)")
+    ablation.add_argument("--iterations-per-epoch", type=int, help="(default: the configuration's)")
+    ablation.add_argument("--device", help=DEVICE_HELP.replace(" (default: %(default)s)", ""))
+    ablation.set_defaults(handler=run_ablation)
