@@ -177,3 +177,15 @@ def test_dicom_whose_header_contradicts_its_pixel_data_is_refused(tmp_path, rand
                  "--model", str(random_ct_model)]) == 2
     assert "contradictory header" in _one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.dcm"]
+
+
+def test_a_writer_failing_mid_write_is_one_line_and_leaves_the_old_output(tmp_path):
+    """The flush step: a writer that hits a full disk part-way (Python raises ENOSPC on flush)."""
+    target = tmp_path / "report.json"
+    target.write_text('{"old": true}')
+    with pytest.raises(OutputError, match="report.json: cannot write .No space left on device"):
+        with atomic_output(target) as temporary:
+            with open(temporary, "w") as stream:
+                stream.write('{"new": ')
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert target.read_text() == '{"old": true}' and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
