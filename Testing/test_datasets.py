@@ -455,3 +455,15 @@ def test_train_val_overlap_is_allowed_with_a_warning(tmp_path, mr, caplog):
     splits = split_cases(open_dataset(tmp_path), {"train": ["patient001"], "val": ["patient001"]})
     assert len(splits["train"]) == len(splits["val"]) == 2
     assert "fit to training data" in caplog.text
+
+
+def test_shared_btcv_and_chaos_name_their_structures_as_the_cards_do():
+    """nnU-Net names such as "kidney_left" become "left kidney", which has its SNOMED-CT code."""
+    from conftest import SHARED_DATA
+    from dinseg.terminology import KNOWN_STRUCTURES, SYNAPSE_ORGANS
+
+    if not (SHARED_DATA / "btcv_synapse").is_dir():
+        pytest.skip(f"needs {SHARED_DATA} (../shared/data beside the clone)")
+    assert open_dataset(SHARED_DATA / "btcv_synapse").class_names == list(SYNAPSE_ORGANS)
+    chaos = open_dataset(SHARED_DATA / "chaos_mr_t2").class_names
+    assert chaos == ["liver", "right kidney", "left kidney", "spleen"] and set(chaos) <= set(KNOWN_STRUCTURES)

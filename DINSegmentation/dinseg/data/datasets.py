@@ -602,7 +602,15 @@ def _msd_class_names(labels, path: Path) -> List[str]:
     foreground = sorted(v for v in by_value if v != 0)
     if foreground != list(range(1, len(foreground) + 1)):
         raise InputError(f"{path}: label values {sorted(by_value)} must be 0..N without gaps")
-    return [by_value[v].lower().replace("_", " ") for v in foreground]
+    return [_structure_name(by_value[v]) for v in foreground]
+
+
+def _structure_name(label: str) -> str:
+    """A data set's label as our structure names say it: "kidney_left" -> "left kidney"."""
+    words = label.lower().replace("_", " ").split()
+    if len(words) > 1 and words[-1] in ("left", "right"):
+        words = [words[-1]] + words[:-1]
+    return " ".join(words)
 
 
 def _open_msd(root: Path) -> Dataset:
