@@ -11,7 +11,8 @@ time: loading this module must stay cheap (Slicer imports it at startup to load 
 Three ways to segment:
 
 * :meth:`DINSegmentationMRMLLogic.segment`: synchronous, in this process (console, scripts);
-* :class:`SegmentationJob`: the GUI's way; runs ``python -m dinseg.cli segment`` in a child
+* :class:`SegmentationJob`: the GUI's way; :class:`dinseg.job.SegmentationProcess` (no MRML) runs
+  ``python -m dinseg.cli segment`` in a child
   process, reports progress through :meth:`SegmentationJob.poll` and can be cancelled;
 * :meth:`DINSegmentationMRMLLogic.segment_sequence`: every frame (or the current one) of a
   volume sequence into a segmentation sequence synchronised with the sequence browser.
@@ -25,15 +26,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import queue
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -45,12 +39,11 @@ from vtk.util import numpy_support
 from .errors import InputError
 from .geometry import Geometry
 from .io import ImageVolume, check_voxels
+from .job import JobState, SegmentationProcess
 from .terminology import GENERIC_STRUCTURE, TERMINOLOGY_CONTEXT, LabelInfo, segment_id, slicer_terminology_entry
 
 log = logging.getLogger("dinseg")
 
-MODULE_DIR = Path(__file__).resolve().parent.parent
-"""The folder holding the ``dinseg`` package (Slicer's module folder): PYTHONPATH of child processes."""
 TERMINOLOGY_FILE = (Path(__file__).resolve().parent / "assets" / "terminology"
                     / "SegmentationCategoryTypeModifier-DINSegmentation.term.json")
 #: display range of enhanced preview volumes (enhanced values 0..1 are scaled to it)
@@ -780,19 +773,8 @@ def default_python() -> str:
     return sys.executable
 
 
-class JobState:
-    """States of a :class:`SegmentationJob`."""
-
-    CREATED = "created"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    FINISHED = "finished"
-
-
 class SegmentationJob:
-    """Segment a volume in a child process (``python -m dinseg.cli segment``), no Qt needed.
+    """Segment a volume node in a child process: :class:`dinseg.job.SegmentationProcess` plus the scene.
 
     Typical use (the widget drives :meth:`poll` from a ``qt.QTimer``)::
 
@@ -801,13 +783,11 @@ class SegmentationJob:
             show(job.fraction, job.stage, job.read_new_log_lines(), job.elapsed)
         node = job.finish()               # import the result (raises if the job failed)
 
-    :meth:`cancel` kills the process group and removes the temporary folder; the scene is not
-    touched until :meth:`finish`. A failed job's one-line reason is :attr:`error`.
-    A sequence proxy volume with ``all_frames`` is written as a 4D image, segmented in one run,
-    and imported as a segmentation sequence (``all_frames`` False: the current frame only).
+    State, progress, log, :meth:`poll`, :meth:`wait` and :meth:`cancel` are those of the
+    process (``job.runner``); the scene is not touched until :meth:`finish`. A sequence proxy
+    volume with ``all_frames`` is written as a 4D image, segmented in one run, and imported as a
+    segmentation sequence (``all_frames`` False: the current frame only).
     """
-
-    ERROR_PREFIX = "dinseg: error: "
 
     def __init__(self, logic: DINSegmentationMRMLLogic, volume_node, model=None, device: str = "auto",
                  enhancement_method: Optional[str] = None, enhancement_strength: Optional[float] = None,
@@ -819,101 +799,42 @@ class SegmentationJob:
         self.logic = logic
         self.volume_node = volume_node
         self.card = _card_of(model, None if model is not None else volume_to_image(volume_node))
-        self.device = device
-        self.enhancement_method = chosen_method(enhancement_method)
-        self.enhancement_strength = enhancement_strength
-        self.largest_component = largest_component
-        self.fill_holes = fill_holes
         self.output = output
-        self.python = python or default_python()
-        self.temp_root = temp_root
-        self.extra_args = list(extra_args)
         self.browser, self.sequence = logic.sequence_of(volume_node)
         self.all_frames = bool(all_frames and self.sequence is not None)
-        self.state = JobState.CREATED
-        self.fraction = 0.0
-        self.stage = ""
-        self.error: Optional[str] = None
-        self.returncode: Optional[int] = None
-        self.log_lines: List[str] = []
         self.result = None
-        self.temp_dir: Optional[Path] = None
-        self.process: Optional[subprocess.Popen] = None
-        self._log_read = 0
-        self._queue: "queue.Queue" = queue.Queue()
-        self._open_streams = 0
-        self._started = None
-        self._ended = None
         self._frame = None
-        self._input_path: Optional[Path] = None
-        self._output_path: Optional[Path] = None
+        self._finished = False
+        self.runner = SegmentationProcess(
+            self.card, device=device, enhancement_method=chosen_method(enhancement_method),
+            enhancement_strength=enhancement_strength, largest_component=largest_component, fill_holes=fill_holes,
+            python=python or default_python(), temp_root=temp_root, extra_args=extra_args,
+            input_name=volume_node.GetName() or "input volume")
 
-    # -- state -------------------------------------------------------------------------------
+    def __getattr__(self, name: str):
+        """Everything about the run itself (state, fraction, stage, error, poll, cancel, ...) is the runner's."""
+        if name == "runner":
+            raise AttributeError(name)
+        return getattr(self.runner, name)
+
     @property
-    def running(self) -> bool:
-        return self.state == JobState.RUNNING
+    def state(self) -> str:
+        return JobState.FINISHED if self._finished else self.runner.state
 
-    @property
-    def elapsed(self) -> float:
-        """Seconds since start (frozen when the process ended)."""
-        if self._started is None:
-            return 0.0
-        return (self._ended or time.monotonic()) - self._started
-
-    def read_new_log_lines(self) -> List[str]:
-        lines = self.log_lines[self._log_read:]
-        self._log_read = len(self.log_lines)
-        return lines
-
-    def command(self) -> List[str]:
-        """The CLI command line (valid after :meth:`start` wrote the input)."""
-        args = [self.python, "-m", "dinseg.cli", "segment", str(self._input_path), "-o", str(self._output_path),
-                "--model", str(self.card.path or self.card.name), "--device", self.device, "--progress", "json"]
-        if self.enhancement_method:
-            args += ["--enhance", self.enhancement_method]
-        if self.enhancement_strength is not None:
-            args += ["--enhance-strength", f"{self.enhancement_strength:g}"]
-        for flag, value in (("largest-component", self.largest_component), ("fill-holes", self.fill_holes)):
-            if value is not None:  # None: the model card's clean-up
-                args.append(f"--{flag}" if value else f"--no-{flag}")
-        return args + self.extra_args
-
-    def _log(self, line: str) -> None:
-        self.log_lines.append(line)
-
-    # -- start -------------------------------------------------------------------------------
     def start(self) -> "SegmentationJob":
         """Write the input to a temporary folder and launch the CLI."""
-        if self.state != JobState.CREATED:
-            raise RuntimeError(f"the job was already started ({self.state})")
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="DINSegmentation-", dir=self.temp_root))
+        if self.runner.state != JobState.CREATED:
+            raise RuntimeError(f"the job was already started ({self.runner.state})")
+        path = self.runner.prepare(input_name="input-frames.nrrd" if self.all_frames else "input-volume.nrrd")
         try:
-            self._write_input()
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join([str(MODULE_DIR)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-            env["PYTHONUNBUFFERED"] = "1"
-            kwargs: Dict[str, Any] = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                          text=True, encoding="utf-8", errors="replace", bufsize=1, env=env,
-                                          cwd=str(self.temp_dir))
-            if os.name == "nt":
-                kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | 0x08000000  # CREATE_NO_WINDOW
-            else:
-                kwargs["start_new_session"] = True  # own process group: cancel kills launcher and children
-            command = self.command()
-            self._log("$ " + " ".join(command))
-            self._started = time.monotonic()
-            self.process = subprocess.Popen(command, **kwargs)
+            self._write_input(path)
         except Exception:
-            self._remove_temp_dir()
+            self.runner.remove_temp_dir()
             raise
-        self.state = JobState.RUNNING
-        self.stage = "starting"
-        for stream, tag in ((self.process.stdout, "out"), (self.process.stderr, "err")):
-            self._open_streams += 1
-            threading.Thread(target=self._reader, args=(stream, tag), daemon=True).start()
+        self.runner.start()
         return self
 
-    def _write_input(self) -> None:
+    def _write_input(self, path: Path) -> None:
         if self.all_frames:
             frames = [self.sequence.GetNthDataNode(i) for i in range(self.sequence.GetNumberOfDataNodes())]
             images = [volume_to_image(frame) for frame in frames]
@@ -924,142 +845,30 @@ class SegmentationJob:
                                      "frame 1; segment the frames one by one")
             from .io import write_image
 
-            self._input_path = self.temp_dir / "input-frames.nrrd"
-            write_image(self._input_path, np.stack([image.array for image in images]), first.geometry,
-                        frame_spacing=1.0, compress=False)
-            self._output_path = self.temp_dir / "output-labels.nrrd"
+            write_image(path, np.stack([image.array for image in images]), first.geometry, frame_spacing=1.0,
+                        compress=False)
             return
         self._frame = None if self.sequence is None else \
             DINSegmentationMRMLLogic._frame_indices(self.browser, self.sequence, False)[0]
         volume = self.volume_node if self._frame is None else self.sequence.GetNthDataNode(self._frame)
         volume_array_shape(volume)
-        self._input_path = self.temp_dir / "input-volume.nrrd"
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()  # standalone: the scene is not touched
-        storage.SetFileName(str(self._input_path))
+        storage.SetFileName(str(path))
         storage.SetUseCompression(False)
         if not storage.WriteData(volume):
-            raise RuntimeError(f"{self.volume_node.GetName()}: could not write the volume to {self._input_path}")
-        self._output_path = self.temp_dir / "output-labels.nrrd"
+            raise RuntimeError(f"{self.volume_node.GetName()}: could not write the volume to {path}")
 
-    def _reader(self, stream, tag: str) -> None:
-        try:
-            for line in stream:
-                self._queue.put((tag, line.rstrip("\r\n")))
-        except (OSError, ValueError):
-            pass
-        finally:
-            self._queue.put((tag, None))
-
-    # -- poll --------------------------------------------------------------------------------
-    def poll(self) -> bool:
-        """Handle the child's output so far; True while it runs. Call it often (GUI timer, loop)."""
-        if self.state != JobState.RUNNING:
-            return False
-        while True:
-            try:
-                tag, line = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                self._open_streams -= 1
-            elif tag == "out":
-                self._handle_stdout(line)
-            else:
-                self._handle_stderr(line)
-        if self._open_streams > 0 or self.process.poll() is None:
-            return True
-        self._ended = time.monotonic()
-        self.returncode = self.process.wait()
-        if self.returncode == 0 and self._output_path is not None and self._output_path.is_file():
-            self.state = JobState.SUCCEEDED
-            self.fraction = 1.0
-            self.stage = "done"
-        else:
-            self.state = JobState.FAILED
-            if not self.error:
-                tail = [line for line in self.log_lines if line.strip()][-1:]
-                self.error = (f"the segmentation process ended with status {self.returncode}"
-                              + (f": {tail[0]}" if tail else ""))
-            self.stage = "failed"
-            self._remove_temp_dir()
-        return False
-
-    def _handle_stdout(self, line: str) -> None:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            self._log(line)
-            return
-        if not isinstance(event, dict):
-            self._log(line)
-        elif event.get("event") == "progress":
-            total = max(int(event.get("total", 1)), 1)
-            self.fraction = min(max(int(event.get("done", 0)) / total, 0.0), 1.0)
-            self.stage = f"{event.get('stage', '')} {event.get('done')}/{total}"
-        elif event.get("event") == "done":
-            self.stage = "writing result"
-            self._log(f"done in {sum((event.get('seconds') or {}).values()):.1f} s")
-        else:
-            self._log(line)
-
-    def _handle_stderr(self, line: str) -> None:
-        self._log(line)
-        if line.startswith(self.ERROR_PREFIX):
-            message = line[len(self.ERROR_PREFIX):]
-            if self._input_path is not None:
-                message = message.replace(str(self._input_path), self.volume_node.GetName() or "input volume")
-            self.error = message
-
-    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> bool:
-        """Poll until the process ends (True) or ``timeout`` seconds pass (False)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(interval)
-        return True
-
-    # -- cancel ------------------------------------------------------------------------------
-    def cancel(self) -> None:
-        """Stop the child process (and its children) and remove the temporary folder."""
-        if self.state not in (JobState.RUNNING, JobState.SUCCEEDED, JobState.CREATED):
-            return
-        process = self.process
-        if process is not None and process.poll() is None:
-            _kill_process_tree(process)
-        if process is not None:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                log.warning("segmentation process %d did not stop", process.pid)
-            if process.poll() is not None and os.name != "nt":
-                try:  # children that outlived the leader (same process group)
-                    os.killpg(process.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        self.state = JobState.CANCELLED
-        self.stage = "cancelled"
-        self._ended = self._ended or (time.monotonic() if self._started else None)
-        self._remove_temp_dir()
-
-    def _remove_temp_dir(self) -> None:
-        if self.temp_dir is not None and self.temp_dir.exists():
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-    # -- finish ------------------------------------------------------------------------------
     def finish(self):
         """Import the result into the scene; returns the segmentation node (or sequence node).
 
         Raises RuntimeError with :attr:`error` if the job failed or was cancelled.
         """
-        if self.state == JobState.FINISHED:
+        if self._finished:
             return self.result
-        if self.state == JobState.RUNNING:
+        if self.runner.state == JobState.RUNNING:
             raise RuntimeError("the segmentation is still running")
-        if self.state != JobState.SUCCEEDED:
-            raise RuntimeError(self.error or f"the segmentation was {self.state}")
         try:
-            labels = _read_labels(self._output_path)
+            labels = self.runner.read_result()
             if self.all_frames:
                 if labels.ndim != 4 or labels.shape[0] != self.sequence.GetNumberOfDataNodes():
                     raise RuntimeError(f"unexpected result of shape {labels.shape} for "
@@ -1078,10 +887,10 @@ class SegmentationJob:
                                          and self.output.IsA("vtkMRMLSegmentationNode")) else None
                 self.result = self.logic.labels_to_segmentation(labels, self.volume_node, self.card.labels,
                                                                 output=output)
-            self.state = JobState.FINISHED
+            self._finished = True
             return self.result
         finally:
-            self._remove_temp_dir()
+            self.runner.remove_temp_dir()
 
     def _output_sequence(self):
         """The segmentation sequence to fill: ``output`` if it is one, else a new one."""
@@ -1092,27 +901,3 @@ class SegmentationJob:
                 if self.browser.GetProxyNode(sequence) is self.output:
                     return sequence
         return None
-
-
-def _read_labels(path: Path) -> np.ndarray:
-    import SimpleITK as sitk
-
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.uint8)
-
-
-def _kill_process_tree(process: subprocess.Popen) -> None:
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True)
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            process.kill()
-
