@@ -224,8 +224,10 @@ def test_mrml_logic_does_not_import_torch_or_simpleitk_at_file_scope():
     bad = [(name, line) for name, line in imports if name.split(".")[0] in HEAVY_MODULES]
     assert not bad, f"dinseg/mrml.py imports heavy modules at file scope: {bad}"
     engine_modules = {name for name, _ in imports if name.startswith(".")}
-    assert engine_modules <= {".errors", ".geometry", ".io", ".terminology"}, \
+    assert engine_modules <= {".errors", ".geometry", ".io", ".job", ".terminology"}, \
         f"dinseg/mrml.py imports engine modules that may pull in torch: {engine_modules}"
+    job_imports = file_scope_imports(ast.parse((MODULE / "dinseg" / "job.py").read_text(encoding="utf-8")))
+    assert not [name for name, _ in job_imports if name.split(".")[0] in HEAVY_MODULES or name.startswith(".")]
 
 
 @pytest.mark.parametrize("path", [SCRIPT, MODULE / "dinseg" / "mrml.py"], ids=lambda p: p.name)
