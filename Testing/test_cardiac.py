@@ -146,3 +146,12 @@ def test_the_model_is_chosen_by_modality_and_anatomy():
     assert card.modality == "MR" and card.anatomy == "heart" and "short-axis" in reason
     card, _ = model_for(read_volume(acdc_patient(90) / "patient090_frame04.nii.gz"))
     assert card.anatomy == "heart"
+
+
+def test_an_abdominal_mr_never_gets_the_heart_model():
+    from conftest import SAMPLE_MR
+    from dinseg.infer import model_for
+    from dinseg.io import read_volume
+
+    card, reason = model_for(read_volume(SAMPLE_MR))
+    assert card.anatomy != "heart", reason

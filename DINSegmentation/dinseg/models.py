@@ -234,8 +234,9 @@ def find_model(name_or_path) -> ModelCard:
 
 def choose_model(modality: str, anatomy: str) -> ModelCard:
     """The installed model for an image of ``modality`` ("CT", "MR") showing ``anatomy``
-    ("heart", "abdomen"): same modality and anatomy first, then same modality, then same
-    anatomy, then any (the caller warns about a modality mismatch)."""
+    ("heart", "abdomen"): same modality and anatomy first, then same anatomy (the caller warns
+    about the modality mismatch), then same modality, then any. Anatomy wins over modality: a
+    heart model would segment an abdominal MR without any warning."""
     installed = newest_models()
     if not installed:
         raise ModelError("no models installed (see 'dinseg models import')")
@@ -243,7 +244,7 @@ def choose_model(modality: str, anatomy: str) -> ModelCard:
     def rank(card: ModelCard):
         same_modality = card.modality.upper() == modality.upper()
         same_anatomy = card.anatomy == anatomy
-        return (not (same_modality and same_anatomy), not same_modality, not same_anatomy)
+        return (not (same_modality and same_anatomy), not same_anatomy, not same_modality)
 
     return min(installed, key=rank)
 
