@@ -510,3 +510,22 @@ def test_device_index_and_threads(random_ct_model, ct_crop, tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     assert main(["segment", str(ct_crop), "-o", str(tmp_path / "m.nii.gz"), "--threads", "0"]) == 2
+
+
+def test_rotation_averaging_is_exact_for_one_rotation_and_changes_little_otherwise(random_ct_model, ct_crop):
+    from dinseg.errors import InputError
+
+    card = load_card(random_ct_model)
+    volume = read_volume(ct_crop)
+    plain = Segmenter(card, device="cpu").segment(volume).labels
+    assert np.array_equal(Segmenter(card, device="cpu", rotations=1).segment(volume).labels, plain)
+    averaged = Segmenter(card, device="cpu", rotations=4).segment(volume).labels
+    assert averaged.shape == plain.shape and not np.array_equal(averaged, plain)  # random weights: not invariant
+    with pytest.raises(InputError, match="1, 2 or 4"):
+        Segmenter(card, device="cpu", rotations=3)
+    four = Segmenter(card, device="cpu", rotations=4)  # averaging over all quarter turns commutes with them
+    slices, enhanced = torch.rand(2, 1, 64, 96), torch.rand(2, 1, 64, 96)
+    with torch.inference_mode():
+        turned = four._probabilities(torch.rot90(slices, 1, dims=(-2, -1)), torch.rot90(enhanced, 1, dims=(-2, -1)))
+        expected = torch.rot90(four._probabilities(slices, enhanced), 1, dims=(-2, -1))
+    assert torch.allclose(turned, expected, atol=1e-5)

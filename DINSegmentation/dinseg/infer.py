@@ -152,13 +152,15 @@ class Segmenter:
     is halved, and at one slice the work falls back to the CPU with a warning. network: an
     in-memory network to use instead of the card's weights (validation during training).
     largest_component / fill_holes: None takes the card's ``postprocessing`` (the clean-up the
-    model was measured with), True or False overrides it.
+    model was measured with), True or False overrides it. rotations: test-time augmentation,
+    the softmax averaged over 1, 2 or 4 in-plane rotations by 90 degrees (None: the card's
+    ``postprocessing["rotations"]``, default 1); for models trained with all rotations.
     """
 
     def __init__(self, card: ModelCard, device: str = "auto", enhancement: Optional[EnhanceConfig] = None,
                  batch_size: Optional[int] = None, largest_component: Optional[bool] = None,
-                 fill_holes: Optional[bool] = None,
-                 progress: Optional[ProgressCallback] = None, network=None):
+                 fill_holes: Optional[bool] = None, progress: Optional[ProgressCallback] = None,
+                 network=None, rotations: Optional[int] = None):
         import torch
 
         self.card = card
@@ -169,6 +171,9 @@ class Segmenter:
         self.largest_component = bool(defaults.get("largest_component", False)
                                       if largest_component is None else largest_component)
         self.fill_holes = bool(defaults.get("fill_holes", False) if fill_holes is None else fill_holes)
+        self.rotations = int(defaults.get("rotations", 1) if rotations is None else rotations)
+        if self.rotations not in (1, 2, 4):
+            raise InputError(f"test-time rotations must be 1, 2 or 4, got {self.rotations}")
         self.progress = progress or (lambda stage, done, total: None)
         self.network = load_network(card, self.device) if network is None else network.to(self.device)
         self.uses_enhanced = self.network.uses_enhanced
@@ -237,11 +242,22 @@ class Segmenter:
             with timer.stage("enhance"):
                 enhanced = enhance(slices, self.enhancement) if self.uses_enhanced else None
             with timer.stage("network"):
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
-                    logits = self.network(slices, enhanced)
-                probabilities = logits.float().softmax(dim=1)
+                probabilities = self._probabilities(slices, enhanced)
             with timer.stage("postprocess"):
                 return labels_at_size(probabilities, slab.shape[1:]).to(torch.uint8).cpu().numpy()
+
+    def _probabilities(self, slices, enhanced):
+        """(B, 1, H, W) slices -> (B, K, H, W) softmax, averaged over the test-time rotations."""
+        torch = self._torch
+        total = None
+        for quarter_turns in range(0, 4, 4 // self.rotations):
+            turned = torch.rot90(slices, quarter_turns, dims=(-2, -1))
+            turned_enhanced = None if enhanced is None else torch.rot90(enhanced, quarter_turns, dims=(-2, -1))
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+                logits = self.network(turned, turned_enhanced)
+            probabilities = torch.rot90(logits.float().softmax(dim=1), -quarter_turns, dims=(-2, -1))
+            total = probabilities if total is None else total + probabilities
+        return total / self.rotations
 
     def _auto_batch_size(self, model_shape, slice_shape) -> int:
         """Slices per pass so that activations use at most a quarter of the free memory."""

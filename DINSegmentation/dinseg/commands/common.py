@@ -22,6 +22,8 @@ def add_cleanup_options(parser: argparse.ArgumentParser) -> None:
                         help=f"keep each structure's largest 3D component {default}")
     parser.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
                         help=f"fill holes enclosed by a structure {default}")
+    parser.add_argument("--rotations", type=int, choices=(1, 2, 4), default=None,
+                        help=f"test-time augmentation: average over this many 90-degree in-plane rotations {default}")
 
 
 def refuse_overwriting_inputs(outputs, inputs) -> None:

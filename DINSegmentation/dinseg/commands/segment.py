@@ -131,7 +131,8 @@ class _Segmenters:
                             trained.strength)
             self.made[key] = Segmenter(card, device=args.device, enhancement=enhancement,
                                        batch_size=args.batch_size, largest_component=args.largest_component,
-                                       fill_holes=args.fill_holes, progress=self.progress)
+                                       fill_holes=args.fill_holes, rotations=args.rotations,
+                                       progress=self.progress)
         return self.made[key]
 
 

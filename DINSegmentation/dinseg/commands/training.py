@@ -109,7 +109,7 @@ def run_evaluate(args) -> int:
     cardiac = CardiacAgreement(card.labels) if any(phases.values()) and any(
         label.name == "left ventricle" for label in card.labels) else None
     segmenter = Segmenter(card, device=args.device, largest_component=args.largest_component,
-                          fill_holes=args.fill_holes)
+                          fill_holes=args.fill_holes, rotations=args.rotations)
     per_case = evaluate_cases(card, cases, segmenter=segmenter, on_case=cardiac.add if cardiac else None)
     if not per_case:
         raise InputError("no labelled case to evaluate")
