@@ -189,3 +189,12 @@ def test_a_writer_failing_mid_write_is_one_line_and_leaves_the_old_output(tmp_pa
                 stream.write('{"new": ')
                 raise OSError(errno.ENOSPC, "No space left on device")
     assert target.read_text() == '{"old": true}' and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_a_corrupt_spacing_is_refused_before_it_blows_up_the_grid(tmp_path, random_ct_model, capsys):
+    image = sitk.ReadImage(str(SAMPLE_CT))[:, :, 80:84]
+    image.SetSpacing((900.0, 900.0, 3.0))
+    sitk.WriteImage(image, str(tmp_path / "wide.nii.gz"))
+    assert main(["segment", str(tmp_path / "wide.nii.gz"), "-o", str(tmp_path / "l.nii.gz"),
+                 "--model", str(random_ct_model)]) == 2
+    assert "more than any body: a corrupt spacing?" in _one_error_line(capsys)

@@ -186,6 +186,7 @@ def read_volume(path) -> ImageVolume:
         array = array[:, np.newaxis]
     else:
         geometry = Geometry.from_sitk(image)
+    check_extent(geometry, str(path))
     check_voxels(array, str(path))
     return ImageVolume(array=array, geometry=geometry, modality=modality, frame_spacing=frame_spacing,
                        source_files=source_files)
@@ -248,6 +249,22 @@ def _integer_payload_complete(path: Path, expected_bytes: int) -> bool:
 def _short_reason(lines) -> str:
     meaningful = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("sitk::")]
     return (meaningful[-1] if meaningful else "unknown format")[:200]
+
+
+#: the longest extent along any axis an image may have: more is a corrupt spacing, which would
+#: make the network's grid (and memory) explode
+MAX_EXTENT_MM = 3000.0
+
+
+def check_extent(geometry: Geometry, name: str) -> None:
+    """Refuse a voxel spacing that is not positive or gives an extent no patient has."""
+    if min(geometry.spacing) <= 0:
+        raise InputError(f"{name}: voxel spacing {geometry.spacing} mm is not positive: a corrupt header?")
+    extent = max(size * spacing for size, spacing in zip(geometry.size, geometry.spacing))
+    if extent > MAX_EXTENT_MM:
+        raise InputError(f"{name}: spans {extent:.0f} mm ({' x '.join(map(str, geometry.size))} voxels of "
+                         f"{' x '.join(f'{s:g}' for s in geometry.spacing)} mm), more than any body: a corrupt "
+                         "spacing?")
 
 
 def check_voxels(array: np.ndarray, name: str) -> None:
