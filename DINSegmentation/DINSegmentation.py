@@ -298,6 +298,8 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """A newly chosen input volume gets the installed model for its modality and anatomy."""
         if volume is self._modelChosenFor:
             return
+        import importlib.util
+
         self._modelChosenFor = volume
         if volume is None or importlib.util.find_spec("torch") is None:
             return

@@ -478,7 +478,7 @@ def test_preview_gives_every_structure_its_own_colour():
 
 
 def test_models_list_and_show_fit_100_columns_and_show_the_whole_card(random_ct_model, capsys):
-    from dinseg.models import BUNDLED_MODELS, list_models
+    from dinseg.models import list_models
 
     assert main(["models"]) == 0
     listing = capsys.readouterr().out.splitlines()
