@@ -119,14 +119,19 @@ def _check_dicom_pixel_data(files) -> None:
             if element is None or (syntax is not None and syntax.is_compressed):
                 continue
             length = element.length if hasattr(element, "length") else len(element.value)
-            frames = int(dataset.get("NumberOfFrames", 1) or 1)
-            bits = (int(dataset.Rows) * int(dataset.Columns) * frames * int(dataset.BitsAllocated)
-                    * int(dataset.get("SamplesPerPixel", 1) or 1))
+            declared = dicom_pixel_bytes(dataset)
         except Exception:  # unreadable to pydicom: GDCM decides, as before
             continue
-        if length != (bits + 7) // 8 + ((bits + 7) // 8) % 2:
+        if length != declared + declared % 2:
             raise InputError(f"{path}: its pixel data holds {length} bytes, but Rows x Columns x frames x "
-                             f"bits declare {(bits + 7) // 8}: a corrupt or contradictory header")
+                             f"bits declare {declared}: a corrupt or contradictory header")
+
+
+def dicom_pixel_bytes(dataset) -> int:
+    """The bytes of uncompressed pixel data a DICOM header declares (before the even-length pad)."""
+    bits = (int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("NumberOfFrames", 1) or 1)
+            * int(dataset.BitsAllocated) * int(dataset.get("SamplesPerPixel", 1) or 1))
+    return (bits + 7) // 8
 
 
 #: the most voxels an input may declare (16 GiB of float32): a corrupt header must not exhaust memory
@@ -463,11 +468,8 @@ def _verify_dicom(path: Path) -> None:
         pixels = dataset.get("PixelData")
     except Exception:  # pydicom raises many types for a cut file; all mean "incomplete"
         raise IncompleteFile("the written DICOM object is incomplete") from None
-    if pixels is not None:
-        frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
-        bits = dataset.Rows * dataset.Columns * frames * dataset.BitsAllocated * dataset.get("SamplesPerPixel", 1)
-        if len(pixels) < (bits + 7) // 8:
-            raise IncompleteFile("the written DICOM object's pixel data is incomplete")
+    if pixels is not None and len(pixels) < dicom_pixel_bytes(dataset):
+        raise IncompleteFile("the written DICOM object's pixel data is incomplete")
 
 
 @contextlib.contextmanager

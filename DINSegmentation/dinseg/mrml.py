@@ -208,6 +208,14 @@ def segmentation_to_labels(segmentation_node, reference_volume, label_infos: Opt
     return array.astype(np.uint8)
 
 
+def segment_label_infos(segmentation_node) -> List[LabelInfo]:
+    """Label infos named after the segments, valued as :func:`segmentation_to_labels` without
+    ``label_infos`` values them (i-th segment -> i + 1): for engine functions that read names."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [LabelInfo(value=i + 1, name=segmentation.GetNthSegment(i).GetName(), color=(0, 0, 0),
+                      type=GENERIC_STRUCTURE) for i in range(segmentation.GetNumberOfSegments())]
+
+
 def _card_of(model, image: Optional[ImageVolume] = None):
     """A ModelCard from a card, a card path, a model folder or an installed model name; for
     ``model`` None, the installed model that fits ``image`` (its modality and anatomy)."""
@@ -601,9 +609,7 @@ class DINSegmentationMRMLLogic:
         box on the volume's grid (the numbers of ``dinseg segment --statistics``)."""
         from .statistics import structure_statistics
 
-        segmentation = segmentation_node.GetSegmentation()
-        infos = [LabelInfo(value=i + 1, name=segmentation.GetNthSegment(i).GetName(), color=(0, 0, 0),
-                           type=GENERIC_STRUCTURE) for i in range(segmentation.GetNumberOfSegments())]
+        infos = segment_label_infos(segmentation_node)
         image = volume_to_image(volume_node)
         rows = structure_statistics(segmentation_to_labels(segmentation_node, volume_node), image.array,
                                     image.geometry, infos)
@@ -642,9 +648,7 @@ class DINSegmentationMRMLLogic:
             if not volume_to_image(volume).geometry.matches(grid):
                 raise InputError(f"{volume.GetName()}: lies on another grid than {volume_nodes[0].GetName()}; "
                                  "the frames must come from one acquisition")
-        segmentation = segmentation_nodes[0].GetSegmentation()
-        infos = [LabelInfo(value=i + 1, name=segmentation.GetNthSegment(i).GetName(), color=(0, 0, 0),
-                           type=GENERIC_STRUCTURE) for i in range(segmentation.GetNumberOfSegments())]
+        infos = segment_label_infos(segmentation_nodes[0])
         labels = [segmentation_to_labels(node, volume) for node, volume in zip(segmentation_nodes, volume_nodes)]
         result = cardiac_function(labels, grid.spacing, infos, ed_frame=ed_frame, es_frame=es_frame,
                                   height_cm=height_cm, weight_kg=weight_kg)
