@@ -155,3 +155,15 @@ def test_an_abdominal_mr_never_gets_the_heart_model():
 
     card, reason = model_for(read_volume(SAMPLE_MR))
     assert card.anatomy != "heart", reason
+
+
+def test_a_ct_clipped_to_a_soft_tissue_window_still_reads_as_ct():
+    """Synapse stores its CT clipped to HU -125..275: no air below -500, yet CT."""
+    from conftest import SAMPLE_MR
+    from dinseg.infer import guess_modality
+    from dinseg.io import read_volume
+
+    windowed = np.clip(read_volume(SAMPLE_CT).array, -125, 275)
+    assert guess_modality(windowed) == "CT"
+    assert guess_modality(read_volume(SAMPLE_MR).array) == "MR"
+    assert guess_modality(read_volume(acdc_patient(90) / "patient090_frame04.nii.gz").array) == "MR"

@@ -75,8 +75,13 @@ def resolve_device(device: str = "auto"):
 
 
 def guess_modality(array: np.ndarray) -> str:
-    """'CT' when the image holds Hounsfield-like air (values below -500), else 'MR'."""
-    return "CT" if float(array.min()) < -500 else "MR"
+    """'CT' when the image holds Hounsfield-like air (values below -500), or when at least 5 %
+    of it lies below -50 (a CT already clipped to a soft-tissue window, as Synapse stores it:
+    magnitude MR is never that negative), else 'MR'."""
+    if float(array.min()) < -500:
+        return "CT"
+    sample = array.ravel()[:: max(1, array.size // 1_000_000)]
+    return "CT" if float(np.mean(sample < -50)) >= 0.05 else "MR"
 
 
 def guess_anatomy(volume: ImageVolume, modality: str) -> str:
