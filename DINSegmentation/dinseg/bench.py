@@ -408,9 +408,48 @@ def cine_variants(image, labels, names=None):
     return {name: build() for name, build in builders.items() if names is None or name in names}
 
 
-def cine_robustness_rows(model: str, data: str, split_file: Optional[str], split: str, patients: int,
-                         device: str = "cpu") -> List[Dict]:
-    """Mean Dice of each cine storage variant over the ED and ES frames of ``patients`` patients of a split."""
+def ct_variants(image, labels, names=None, organ: int = 5):
+    """An abdominal CT as other scanners and users store it: a 512 x 512 grid at 0.8 mm with air
+    at -1024 HU around the field of view, flipped axes, an oblique grid, and a tight crop around
+    one organ (label ``organ``, the liver in the Synapse order, plus 15 mm).
+    {name: (image, labels)} as SimpleITK images."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    angle = np.deg2rad(15)
+    matrix = np.asarray(image.GetDirection()).reshape(3, 3) @ np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+
+    def tight_crop():
+        array = sitk.GetArrayFromImage(labels)
+        found = np.argwhere(array == organ)
+        if not len(found):
+            return None
+        margin = np.ceil(15.0 / np.asarray(image.GetSpacing()[::-1])).astype(int)
+        low = np.maximum(found.min(0) - margin, 0)
+        high = np.minimum(found.max(0) + margin + 1, array.shape)
+        index, size = [int(v) for v in low[::-1]], [int(v) for v in (high - low)[::-1]]
+        return sitk.RegionOfInterest(image, size, index), sitk.RegionOfInterest(labels, size, index)
+
+    builders = {
+        "as stored": lambda: (image, labels),
+        "0.8 mm, 512 x 512, air -1024 HU outside": lambda: _resample_pair(
+            image, labels, *centred_grid(image, 0.8, 512)),
+        "axes flipped (direction -1,-1,1)": lambda: (sitk.Flip(image, [True, True, False]),
+                                                     sitk.Flip(labels, [True, True, False])),
+        "oblique: in-plane axes rotated 15 degrees, 0.8 mm": lambda: _resample_pair(
+            image, labels, *centred_grid(image, 0.8, 512, direction=tuple(matrix.ravel()))),
+        "tight crop around the liver (+15 mm)": tight_crop,
+    }
+    variants = {name: build() for name, build in builders.items() if names is None or name in names}
+    return {name: pair for name, pair in variants.items() if pair is not None}
+
+
+def dataset_robustness_rows(model: str, data: str, split_file: Optional[str], split: str, patients: int,
+                            device: str = "cpu") -> List[Dict]:
+    """Per-structure Dice of each storage variant over ``patients`` patients of a split (every
+    group's first patients for ACDC): CT variants for a CT model, MR variants otherwise.
+    A structure absent from a case's labels and its prediction is left out of that case."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -426,13 +465,18 @@ def cine_robustness_rows(model: str, data: str, split_file: Optional[str], split
     dataset = open_dataset(data)
     cases = split_cases(dataset, load_split_file(split_file) if split_file else None)[split] \
         if split != "all" else dataset.cases
-    groups = list(dict.fromkeys(case.group for case in cases))[:patients]
+    if all(case.group for case in cases):
+        groups = list(dict.fromkeys(case.group for case in cases))[:patients]
+        cases = [c for c in cases if c.group in groups]
+    else:
+        cases = cases[:patients]
+    variants = ct_variants if card.modality.upper() == "CT" else cine_variants
     scores: Dict[str, List[Dict[str, float]]] = {}
-    for case in [c for c in cases if c.group in groups]:
+    for case in cases:
         volume, truth = case.load()
         image = array_to_sitk(volume.array, volume.geometry)
         labels = array_to_sitk(truth, volume.geometry)
-        for name, (variant, moved) in cine_variants(image, labels).items():
+        for name, (variant, moved) in variants(image, labels).items():
             prediction = segmenter.segment(ImageVolume(array=sitk.GetArrayFromImage(variant),
                                                        geometry=Geometry.from_sitk(variant))).labels
             result = dice_and_hd95(prediction, sitk.GetArrayFromImage(moved), variant.GetSpacing()[::-1],
@@ -442,11 +486,11 @@ def cine_robustness_rows(model: str, data: str, split_file: Optional[str], split
     for name, per_case in scores.items():
         dice = {organ: float(np.nanmean([c[organ] for c in per_case])) for organ in per_case[0]}
         rows.append({"variant": name, "volumes": len(per_case), "dice": dice,
-                     "mean_dice": float(np.mean(list(dice.values())))})
+                     "mean_dice": float(np.nanmean(list(dice.values())))})
     return rows
 
 
-def format_cine_robustness_table(rows: List[Dict], model: str, description: str) -> str:
+def format_dataset_robustness_table(rows: List[Dict], model: str, description: str) -> str:
     structures = list(rows[0]["dice"])
     header = ["stored as", "volumes"] + [f"{s} Dice" for s in structures] + ["mean Dice"]
     table = [[row["variant"], str(row["volumes"])] + [f"{row['dice'][s]:.3f}" for s in structures]

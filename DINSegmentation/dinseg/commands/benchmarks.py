@@ -25,12 +25,12 @@ def run_bench_segment(args) -> int:
 
 
 def run_bench_robustness(args) -> int:
-    from ..bench import cine_robustness_rows, format_cine_robustness_table, format_robustness_table, robustness_rows
+    from ..bench import dataset_robustness_rows, format_dataset_robustness_table, format_robustness_table, robustness_rows
 
     if args.data:
-        rows = cine_robustness_rows(args.model, args.data, args.split_file, args.split, args.patients, args.device)
-        print(format_cine_robustness_table(rows, args.model, f"{args.data}, split {args.split}, first "
-                                           f"{args.patients} patients (ED and ES) stored as other scanners do"))
+        rows = dataset_robustness_rows(args.model, args.data, args.split_file, args.split, args.patients, args.device)
+        print(format_dataset_robustness_table(rows, args.model, f"{args.data}, split {args.split}, first "
+                                              f"{args.patients} patients stored as other scanners do"))
         return 0
     print(format_robustness_table(robustness_rows(args.model, args.device), args.model))
     return 0
