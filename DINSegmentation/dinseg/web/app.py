@@ -33,7 +33,7 @@ from trame_slicer.rca_view import register_rca_factories
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
 from .. import mrml
-from ..errors import DinsegError, InputError
+from ..errors import DinsegError, InputError, OutputError
 from ..job import JobState
 from ..samples import SAMPLES
 from .files import DataFolder, UploadArea
@@ -327,6 +327,17 @@ class DinsegWebApp:
                            "can_save_next_to_input": self.input_path is not None})
         self._update_structure_table()
         self._update_cardiac_function()
+        self._jump_to_structures()
+
+    def _jump_to_structures(self) -> None:
+        """Put the slice views through the middle of what was segmented (not an empty slice of the scan)."""
+        found = np.argwhere(self._current_labels() > 0)
+        if not len(found):
+            return
+        k, j, i = found.mean(axis=0)
+        ras = mrml.volume_to_image(self.volume).geometry.index_to_ras() @ np.array([i, j, k, 1.0])
+        for index in range(self.slicer_app.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            self.slicer_app.scene.GetNthNodeByClass(index, "vtkMRMLSliceNode").JumpSliceByOffsetting(*ras[:3])
 
     # -- numbers -----------------------------------------------------------------------------
     def _schedule_structure_table(self, *_args) -> None:
@@ -384,7 +395,10 @@ class DinsegWebApp:
 
         if str(path).lower().endswith(".seg.nrrd"):
             with atomic_output(path) as temporary:
-                self.slicer_app.io_manager.write_segmentation(self.segmentation, temporary)
+                storage = slicer.vtkMRMLSegmentationStorageNode()  # Slicer's own writer: every segment, as edited
+                storage.SetFileName(str(temporary))
+                if not storage.WriteData(self.segmentation):
+                    raise OutputError(f"{path.name}: Slicer could not write the segmentation")
         else:
             write_image(path, self._current_labels(), mrml.volume_to_image(self.volume).geometry)
 
@@ -518,7 +532,7 @@ class DinsegWebApp:
                     for title in ("structure", "voxels", "mL", "mean"):
                         html.Th(title)
             with html.Tbody():
-                with html.Tr(v_for="row in structures", key="row.name", **{":data-structure": "row.name"}):
+                with html.Tr(v_for="row in structures", key="row.name", raw_attrs=[':data-structure="row.name"']):
                     with html.Td():
                         html.Span("&#9632; ", style=("{color: row.color}",))
                         html.Span("{{ row.name }}")

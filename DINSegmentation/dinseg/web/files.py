@@ -67,8 +67,8 @@ class DataFolder:
                     continue
                 found.append(path.relative_to(self.root).as_posix())
                 if len(found) >= MAX_LISTED_FILES:
-                    return found
-        return found
+                    return sorted(found)
+        return sorted(found)
 
 
 class UploadArea:
