@@ -143,6 +143,8 @@ def _expect_message(page, text: str) -> None:
 
 @needs_browser
 def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
+    import SimpleITK as sitk
+    import slicerio
     from playwright.sync_api import sync_playwright
 
     server_temp = tmp_path / "server-temp"
@@ -214,6 +216,13 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
             download.value.save_as(saved)
             assert saved.name.endswith(".seg.nrrd")
             assert _seg_nrrd_counts(saved) == expected
+            with page.expect_download(timeout=60000) as download:
+                page.click("#dinseg-download-labels")
+            labelmap = tmp_path / download.value.suggested_filename
+            download.value.save_as(labelmap)
+            labels = sitk.GetArrayFromImage(sitk.ReadImage(str(labelmap)))
+            infos = slicerio.read_segmentation(str(reference))["segments"]
+            assert {info["name"]: int((labels == info["labelValue"]).sum()) for info in infos} == expected
 
             # bad input: a message in the page, the server keeps running, the scene is kept
             page.fill("#dinseg-data-path", "../outside.nii.gz")
@@ -234,6 +243,16 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
             assert _page_counts(page) == expected, "a refused input leaves the scene as it was"
             assert sorted(p.name for p in data_folder.rglob("*")) == ["cases", "corrupt.nii.gz", "ct.nii.gz",
                                                                       "link_out.nii.gz"]
+
+            # an image of the data folder: its result is written next to it
+            page.fill("#dinseg-data-path", "cases/ct.nii.gz")
+            page.click("#dinseg-open-data")
+            _expect_message(page, "opened cases/ct.nii.gz")
+            page.click("#dinseg-segment")
+            page.wait_for_selector("#dinseg-structures", timeout=180000)
+            page.click("#dinseg-save-next")
+            _expect_message(page, "wrote cases/ct.seg.nrrd in the data folder")
+            assert _seg_nrrd_counts(data_folder / "cases" / "ct.seg.nrrd") == expected
             browser.close()
         print(f"\ndinseg web: first image {first_image:.1f} s after start; Segment {web_latency:.1f} s in the "
               f"page, `dinseg segment` {cli_latency:.1f} s: ratio {web_latency / cli_latency:.2f}")
