@@ -187,7 +187,7 @@ class DinsegWebApp:
         except InputError as error:
             self._say(str(error), "error")
             return
-        self._open(path, path.name if path.is_file() else f"{path.parent.name} (DICOM series)",
+        self._open(path, path.name if path.is_file() else f"{path.name} (DICOM series)",
                    from_data_folder=False)
 
     def _open(self, path: Path, label: str, from_data_folder: bool) -> None:

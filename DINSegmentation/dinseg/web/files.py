@@ -130,7 +130,7 @@ class UploadArea:
 
     def _unzip(self, archive: Path) -> Path:
         """Unpack a zipped DICOM series next to the archive (members may not leave the folder)."""
-        target = archive.parent / "series"
+        target = archive.parent / (archive.name[:-len(".zip")] or "series")
         try:
             with zipfile.ZipFile(archive) as bundle:
                 members = [member for member in bundle.infolist() if not member.is_dir()]
