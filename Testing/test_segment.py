@@ -529,3 +529,17 @@ def test_rotation_averaging_is_exact_for_one_rotation_and_changes_little_otherwi
         turned = four._probabilities(torch.rot90(slices, 1, dims=(-2, -1)), torch.rot90(enhanced, 1, dims=(-2, -1)))
         expected = torch.rot90(four._probabilities(slices, enhanced), 1, dims=(-2, -1))
     assert torch.allclose(turned, expected, atol=1e-5)
+
+
+def test_rotation_averaging_is_refused_for_a_model_trained_on_small_rotations(random_ct_model, ct_crop):
+    """Quarter turns that a model never saw in training make it fail: say so instead."""
+    import dataclasses
+
+    from dinseg.errors import InputError
+
+    card = load_card(random_ct_model)
+    config = dict(card.training.get("config", {}), augmentation={"rotate_degrees": 20})
+    narrow = dataclasses.replace(card, training=dict(card.training, config=config))
+    with pytest.raises(InputError, match="up to 20 degrees"):
+        Segmenter(narrow, device="cpu", rotations=4)
+    assert Segmenter(narrow, device="cpu", rotations=1).rotations == 1

@@ -179,6 +179,10 @@ class Segmenter:
         self.rotations = int(defaults.get("rotations", 1) if rotations is None else rotations)
         if self.rotations not in (1, 2, 4):
             raise InputError(f"test-time rotations must be 1, 2 or 4, got {self.rotations}")
+        trained_degrees = card.training.get("config", {}).get("augmentation", {}).get("rotate_degrees")
+        if self.rotations > 1 and trained_degrees is not None and float(trained_degrees) < 90:
+            raise InputError(f"{card.name} was trained with rotations up to {trained_degrees:g} degrees only: "
+                             "test-time rotations by 90 degrees would mislead it; use --rotations 1")
         self.progress = progress or (lambda stage, done, total: None)
         self.network = load_network(card, self.device) if network is None else network.to(self.device)
         self.uses_enhanced = self.network.uses_enhanced
