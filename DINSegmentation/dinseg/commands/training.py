@@ -92,7 +92,11 @@ def run_evaluate(args) -> int:
     from ..models import find_model
 
     card = find_model(args.model)
-    dataset = open_dataset(args.data, layout=args.layout)
+    label_map = None
+    if args.label_map:  # values it does not name become background
+        label_map = {value: 0 for value in range(256)}
+        label_map.update({int(source): int(target) for source, target in args.label_map.items()})
+    dataset = open_dataset(args.data, layout=args.layout, label_map=label_map)
     if args.split == "all":
         cases = dataset.cases
     else:
@@ -165,6 +169,8 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--split", default="test", help="train, val, test or all (default: %(default)s)")
     evaluate.add_argument("--split-file", help="JSON/YAML with the case lists of each split")
     evaluate.add_argument("--layout", default="auto")
+    evaluate.add_argument("--label-map", type=json.loads, metavar="JSON",
+                          help='the data\'s label values -> the model\'s, e.g. \'{"5": 1, "7": 4}\' (others: background)')
     evaluate.add_argument("--val-fraction", type=float, default=0.2)
     evaluate.add_argument("--seed", type=int, default=0)
     add_device_options(evaluate)

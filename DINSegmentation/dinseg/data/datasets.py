@@ -392,12 +392,14 @@ def _integer_labels(labels: np.ndarray, case_id: str) -> np.ndarray:
 
 
 def _map_labels(labels: np.ndarray, mapping: Dict[int, int]) -> np.ndarray:
-    if not mapping:
+    if not mapping or labels.min(initial=0) < 0:  # negative values: check_labels refuses them
         return labels
-    mapped = labels.astype(np.int32)
+    size = int(max(labels.max(initial=0), max(mapping))) + 1
+    table = np.arange(size, dtype=np.int32)
     for source, target in mapping.items():
-        mapped[labels == source] = target
-    return mapped
+        if 0 <= source < size:
+            table[source] = target
+    return table[labels]
 
 
 def _read_label_file(path: Path, geometry: Geometry, case_id: str) -> np.ndarray:
