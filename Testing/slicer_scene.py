@@ -66,22 +66,8 @@ def load_volume(env, path, name: str):
 def add_volume(env, array: np.ndarray, ijk_to_ras: np.ndarray, name: str):
     """A scalar volume node from a (z, y, x) array and a 4x4 IJK-to-RAS matrix."""
     node = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    from dinseg.mrml import set_volume_voxels
+
     set_volume_voxels(node, array, ijk_to_ras)
     node.CreateDefaultDisplayNodes()
     return node
-
-
-def set_volume_voxels(node, array: np.ndarray, ijk_to_ras: np.ndarray) -> None:
-    import vtk
-    from vtk.util import numpy_support
-
-    image = vtk.vtkImageData()
-    image.SetDimensions(*array.shape[::-1])
-    vtk_array = numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True)
-    image.GetPointData().SetScalars(vtk_array)
-    matrix = vtk.vtkMatrix4x4()
-    for row in range(4):
-        for column in range(4):
-            matrix.SetElement(row, column, float(ijk_to_ras[row][column]))
-    node.SetIJKToRASMatrix(matrix)
-    node.SetAndObserveImageData(image)

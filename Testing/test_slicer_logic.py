@@ -26,12 +26,13 @@ vtk = pytest.importorskip("vtk")
 
 import SimpleITK as sitk  # noqa: E402
 
-from slicer_scene import add_volume, load_volume, make_scene, node_ids, set_volume_voxels  # noqa: E402
+from slicer_scene import add_volume, load_volume, make_scene, node_ids  # noqa: E402
 
 from dinseg import mrml  # noqa: E402
 from dinseg.errors import InputError  # noqa: E402
 from dinseg.geometry import Geometry  # noqa: E402
 from dinseg.infer import Segmenter  # noqa: E402
+from dinseg.mrml import set_volume_voxels  # noqa: E402
 from dinseg.io import ImageVolume  # noqa: E402
 from dinseg.models import load_card  # noqa: E402
 from dinseg.terminology import (KNOWN_STRUCTURES, SYNAPSE_ORGANS, TERMINOLOGY_CONTEXT, LabelInfo,  # noqa: E402

@@ -81,6 +81,19 @@ def volume_array(volume_node) -> np.ndarray:
     return np.array(scalars.reshape(dims[::-1]), copy=True)
 
 
+def set_volume_voxels(node, array: np.ndarray, ijk_to_ras_matrix) -> None:
+    """Give a volume node the voxels of a (z, y, x) array and a 4x4 IJK-to-RAS matrix (nested lists or array)."""
+    image = vtk.vtkImageData()
+    image.SetDimensions(*array.shape[::-1])
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            matrix.SetElement(row, column, float(ijk_to_ras_matrix[row][column]))
+    node.SetIJKToRASMatrix(matrix)
+    node.SetAndObserveImageData(image)
+
+
 def volume_to_image(volume_node) -> ImageVolume:
     """A scalar volume node as the engine's :class:`~dinseg.io.ImageVolume`.
 

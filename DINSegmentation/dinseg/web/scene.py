@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import slicer
-import vtk
-from vtk.util import numpy_support
 
 from ..io import ImageVolume
-
-
-def _set_voxels(node, array: np.ndarray, index_to_ras: np.ndarray) -> None:
-    image = vtk.vtkImageData()
-    image.SetDimensions(*array.shape[::-1])
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
-    matrix = vtk.vtkMatrix4x4()
-    for row in range(4):
-        for column in range(4):
-            matrix.SetElement(row, column, float(index_to_ras[row][column]))
-    node.SetIJKToRASMatrix(matrix)
-    node.SetAndObserveImageData(image)
+from ..mrml import set_volume_voxels
 
 
 def add_image(scene, sequences_logic, image: ImageVolume, name: str):
@@ -31,7 +17,7 @@ def add_image(scene, sequences_logic, image: ImageVolume, name: str):
     index_to_ras = image.geometry.index_to_ras()
     if image.array.ndim == 3:
         node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-        _set_voxels(node, image.array, index_to_ras)
+        set_volume_voxels(node, image.array, index_to_ras)
         node.CreateDefaultDisplayNodes()
         return node, None
     sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
@@ -39,7 +25,7 @@ def add_image(scene, sequences_logic, image: ImageVolume, name: str):
     sequence.SetIndexUnit("")
     frame_node = slicer.vtkMRMLScalarVolumeNode()
     for number, frame in enumerate(image.array, start=1):
-        _set_voxels(frame_node, frame, index_to_ras)
+        set_volume_voxels(frame_node, frame, index_to_ras)
         sequence.SetDataNodeAtValue(frame_node, str(number))
     browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
     browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
