@@ -24,7 +24,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_MODEL = "abdomen-ct-light"
+DEFAULT_MODEL = "btcv-ct-light"
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
 ENHANCEMENT_CHOICES = ["model default", "none", "clahe", "gamma", "unsharp"]
 #: parameters the widget synchronises itself (the model list is only known at run time)

@@ -26,6 +26,16 @@ def acdc_patient(number: int) -> Path:
     return folder
 
 
+def shared_case(dataset: str, case_id: str):
+    """(image path, label path) of a case in an nnU-Net-layout folder of ../shared/data
+    (btcv_synapse, chaos_mr_t2), or a clean skip where the shared data is absent."""
+    image = SHARED_DATA / dataset / "imagesTr" / f"{case_id}_0000.nii.gz"
+    labels = SHARED_DATA / dataset / "labelsTr" / f"{case_id}.nii.gz"
+    if not (image.is_file() and labels.is_file()):
+        pytest.skip(f"needs {dataset} in {SHARED_DATA} (../shared/data beside the clone)")
+    return image, labels
+
+
 @pytest.fixture(scope="session")
 def random_ct_model(tmp_path_factory) -> Path:
     """Card path of a light DIN CT model with fixed random weights: deterministic labels, no training.

@@ -205,7 +205,7 @@ def test_choices_of_the_module_match_the_engine():
     fields = parameter_node_fields()
     assert "ENHANCEMENT_CHOICES" in fields["enhancementMethod"] and "DEVICE_CHOICES" in fields["device"]
     assert "WithinRange(0.0, 1.0)" in fields["enhancementStrength"]
-    assert module_constant("DEFAULT_MODEL") == "abdomen-ct-light"
+    assert module_constant("DEFAULT_MODEL") == "btcv-ct-light"
 
 
 # ------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def add_parsers(commands) -> None:
                                         help="benchmark: per-stage time and peak memory of dinseg segment")
     bench_segment.add_argument("--slices", nargs="+", type=int, default=[150, 300],
                                help="slice counts of the 512x512 test volumes (default: 150 300)")
-    bench_segment.add_argument("--model", default="abdomen-ct-light", help="model name or card path")
+    bench_segment.add_argument("--model", default="btcv-ct-light", help="model name or card path")
     bench_segment.add_argument("--device", default="cpu", help=DEVICE_HELP)
     bench_segment.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
     bench_segment.set_defaults(handler=run_bench_segment)
@@ -67,13 +67,13 @@ def add_parsers(commands) -> None:
     bench_dicom_seg = commands.add_parser("bench-dicom-seg",
                                           help="benchmark: the time DICOM SEG writing adds, against .seg.nrrd and .nii.gz")
     bench_dicom_seg.add_argument("--slices", type=int, default=150, help="slices of the 512x512 series (default: 150)")
-    bench_dicom_seg.add_argument("--model", default="abdomen-ct-light", help="model name or card path")
+    bench_dicom_seg.add_argument("--model", default="btcv-ct-light", help="model name or card path")
     bench_dicom_seg.add_argument("--device", default="cpu", help=DEVICE_HELP)
     bench_dicom_seg.set_defaults(handler=run_bench_dicom_seg)
 
     bench_robustness = commands.add_parser(
         "bench-robustness", help="benchmark: the bundled CT stored in other orientations and resolutions")
-    bench_robustness.add_argument("--model", default="abdomen-ct-light", help="model name or card path")
+    bench_robustness.add_argument("--model", default="btcv-ct-light", help="model name or card path")
     bench_robustness.add_argument("--device", default="cpu", help=DEVICE_HELP)
     bench_robustness.add_argument("--data", help="instead: labelled cine short-axis cases (e.g. an ACDC folder), "
                                                  "stored as other scanners do")
