@@ -371,6 +371,16 @@ def robustness_rows(model: str, device: str = "cpu", names=None) -> List[Dict]:
     return rows
 
 
+def _turned(image, degrees: float) -> tuple:
+    """The direction of ``image`` with its in-plane axes turned by ``degrees`` (an oblique grid), flattened."""
+    import numpy as np
+
+    angle = np.deg2rad(degrees)
+    matrix = np.asarray(image.GetDirection()).reshape(3, 3) @ np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    return tuple(matrix.ravel())
+
+
 def cine_variants(image, labels, names=None):
     """A short-axis stack as other scanners store it: other in-plane resolutions, oblique
     in-plane axes (the heart turned in the image), other intensity ranges, a coil bias field.
@@ -379,10 +389,7 @@ def cine_variants(image, labels, names=None):
     import SimpleITK as sitk
 
     def rotated(degrees: float, spacing: float, size: int):
-        angle = np.deg2rad(degrees)
-        matrix = np.asarray(image.GetDirection()).reshape(3, 3) @ np.array(
-            [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-        return _resample_pair(image, labels, *centred_grid(image, spacing, size, direction=tuple(matrix.ravel())),
+        return _resample_pair(image, labels, *centred_grid(image, spacing, size, direction=_turned(image, degrees)),
                               fill=0)
 
     def bias_field():
@@ -416,10 +423,6 @@ def ct_variants(image, labels, names=None, organ: int = 5):
     import numpy as np
     import SimpleITK as sitk
 
-    angle = np.deg2rad(15)
-    matrix = np.asarray(image.GetDirection()).reshape(3, 3) @ np.array(
-        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-
     def tight_crop():
         array = sitk.GetArrayFromImage(labels)
         found = np.argwhere(array == organ)
@@ -438,7 +441,7 @@ def ct_variants(image, labels, names=None, organ: int = 5):
         "axes flipped (direction -1,-1,1)": lambda: (sitk.Flip(image, [True, True, False]),
                                                      sitk.Flip(labels, [True, True, False])),
         "oblique: in-plane axes rotated 15 degrees, 0.8 mm": lambda: _resample_pair(
-            image, labels, *centred_grid(image, 0.8, 512, direction=tuple(matrix.ravel()))),
+            image, labels, *centred_grid(image, 0.8, 512, direction=_turned(image, 15))),
         "tight crop around the liver (+15 mm)": tight_crop,
     }
     variants = {name: build() for name, build in builders.items() if names is None or name in names}
