@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import os
 import re
 import subprocess
@@ -196,6 +197,35 @@ def test_ablation_trains_every_variant_from_one_config_and_tabulates(phantom, tm
                                       output=str(tmp_path / "none"), seeds=(0,), epochs=1, iterations_per_epoch=1)
     with pytest.raises(ConfigError, match="no validation cases"):
         run_ablation(without_validation)
+
+
+def test_an_interrupted_ablation_resumes_and_reuses_finished_runs(phantom, tmp_path, caplog):
+    from dinseg.ablation import AblationPlan, run_ablation
+
+    base = _config(phantom, tmp_path / "unused", model_name="tiny", data_description="phantom: tiny")
+    plan = AblationPlan(config=base, output=str(tmp_path / "ablation"), variants=("single", "difm"), seeds=(0,),
+                        epochs=2, iterations_per_epoch=2)
+
+    def stop_in_the_second_epoch(report):
+        if report.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        DINTrainingLogic(plan.run_config("single", 0), progress=stop_in_the_second_epoch).run()
+    caplog.set_level(logging.INFO, logger="dinseg")
+    first = run_ablation(plan)
+    assert "resuming" in caplog.text and "after epoch 1" in caplog.text
+    weights = {row["variant"]: tmp_path / "ablation" / "runs" / f"{row['variant']}-seed0" / "models" / "last"
+               / f"tiny-{row['variant']}-seed0.pt" for row in first}
+    written = {variant: path.stat().st_mtime_ns for variant, path in weights.items()}
+    caplog.clear()
+    again = run_ablation(plan)
+    assert [row["dice"] for row in again] == [row["dice"] for row in first]
+    assert {variant: path.stat().st_mtime_ns for variant, path in weights.items()} == written
+    assert caplog.text.count("reusing the finished run") == 2
+    longer = run_ablation(dataclasses.replace(plan, epochs=3))
+    assert all(row["iterations"] == 6 for row in longer)
+    assert all(path.stat().st_mtime_ns != written[variant] for variant, path in weights.items())
 
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),

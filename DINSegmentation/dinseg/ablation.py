@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -69,7 +70,8 @@ class AblationPlan:
 def run_ablation(plan: AblationPlan) -> List[Dict[str, object]]:
     """Train every variant and seed, score on the validation split; returns one row per run.
 
-    Writes ``ablation.csv`` and ``ablation.md`` in ``plan.output``.
+    Run again with the same plan, it reuses the runs already finished and resumes an interrupted
+    one from its checkpoint. Writes ``ablation.csv`` and ``ablation.md`` in ``plan.output``.
     """
     from .models import load_card
     from .train import DINTrainingLogic
@@ -83,15 +85,20 @@ def run_ablation(plan: AblationPlan) -> List[Dict[str, object]]:
         for seed in plan.seeds:
             config = plan.run_config(variant, seed)
             started = time.time()
-            result = DINTrainingLogic(config).run()
-            card = load_card(result["last_card"])
+            card = _finished_run(config)
+            if card is None:
+                resume = _same_run(config) and (Path(config.output) / "checkpoint.pt").is_file()
+                card = load_card(DINTrainingLogic(config, resume=resume).run()["last_card"])
+            else:
+                log.info("ablation %s seed %d: reusing the finished run in %s", variant, seed, config.output)
             validation = card.metrics.get("validation", {})
             if "dice/mean" not in validation:
                 raise ConfigError(f"{plan.config}: has no validation cases to score the ablation on "
                                   "(give a split file with a 'val' list, or val_fraction > 0)")
             rows.append({"variant": variant, "seed": seed, "dice": validation["dice/mean"],
                          "hd95": validation["hd95/mean"], "parameters_m": round(_parameters(card) / 1e6, 3),
-                         "iterations": config.total_iterations, "train_seconds": round(time.time() - started, 1),
+                         "iterations": config.total_iterations,
+                         "train_seconds": card.training.get("wall_time_s", round(time.time() - started, 1)),
                          **{key: value for key, value in validation.items() if key.startswith("dice/")
                             and key != "dice/mean"}})
             log.info("ablation %s seed %d: validation Dice %.4f, HD95 %.2f mm", variant, seed,
@@ -101,6 +108,24 @@ def run_ablation(plan: AblationPlan) -> List[Dict[str, object]]:
     with atomic_output(root / "ablation.md") as temporary:
         temporary.write_text(ablation_table(rows, plan), encoding="utf-8")
     return rows
+
+
+def _same_run(config) -> bool:
+    """Whether ``config.output`` holds a run started with exactly this configuration."""
+    saved = Path(config.output) / "config.json"
+    return saved.is_file() and json.loads(saved.read_text(encoding="utf-8")) == json.loads(
+        json.dumps(config.to_dict()))
+
+
+def _finished_run(config):
+    """The last model card of a run of this configuration that trained all its epochs, else None."""
+    from .models import load_card
+
+    last = Path(config.output) / "models" / "last" / f"{config.model_name}.json"
+    if not (_same_run(config) and last.is_file()):
+        return None
+    card = load_card(last)
+    return card if card.training.get("epochs") == config.epochs else None
 
 
 def _parameters(card) -> int:
