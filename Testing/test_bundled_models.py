@@ -17,12 +17,12 @@ BUNDLED = ("btcv-ct-light", "chaos-mr-light", "acdc-light")
 
 # Floors sit below what the shipped weights measured (README "Results"), leaving room for
 # CPU-to-CPU float differences but not for a broken pipeline.
-#: an unseen BTCV patient (validation split): measured mean Dice 0.872
-CT_BTCV_PATIENT, CT_BTCV_MEAN_DICE_FLOOR = "btcv_0031", 0.83
+#: an unseen BTCV patient (validation split): measured mean Dice 0.892
+CT_BTCV_PATIENT, CT_BTCV_MEAN_DICE_FLOOR = "btcv_0031", 0.85
 #: the bundled CT, another hospital and scanner (labels by TotalSegmentator): measured mean
-#: Dice 0.754, liver 0.862
-CT_SAMPLE_MEAN_DICE_FLOOR, CT_SAMPLE_LIVER_DICE_FLOOR = 0.72, 0.83
-#: the same unseen BTCV patient cut tightly around its liver: measured liver Dice 0.944
+#: Dice 0.748, liver 0.883; stored at 0.7 mm and 1.0 mm on 512 x 512 grids, 0.775 and 0.788
+CT_SAMPLE_MEAN_DICE_FLOOR, CT_SAMPLE_LIVER_DICE_FLOOR = 0.72, 0.85
+#: the same unseen BTCV patient cut tightly around its liver (4 held-out patients: mean liver Dice 0.926)
 CT_CROP_LIVER_DICE_FLOOR = 0.85
 ROBUSTNESS_MARGIN = 0.05
 #: an unseen CHAOS patient (validation split): measured mean Dice 0.900
@@ -92,12 +92,14 @@ def test_ct_model_on_another_hospitals_ct():
 
 
 def test_ct_model_holds_up_on_other_storage_of_the_same_anatomy():
+    """Flipped axes give the same labels; 512 x 512 grids as wide as 512 mm keep the Dice."""
+    wide = ("0.7 mm, 512 x 512 in-plane", "1.0 mm, 512 x 512 in-plane")
     rows = {row["variant"]: row for row in robustness_rows(
-        "btcv-ct-light", names=("as stored (3 mm, direction -1,-1,1)", "axes flipped (identity direction)",
-                                "0.7 mm, 512 x 512 in-plane"))}
+        "btcv-ct-light", names=("as stored (3 mm, direction -1,-1,1)", "axes flipped (identity direction)") + wide)}
     stored = rows["as stored (3 mm, direction -1,-1,1)"]["mean_dice"]
     assert rows["axes flipped (identity direction)"]["mean_dice"] == pytest.approx(stored, abs=1e-9)
-    assert rows["0.7 mm, 512 x 512 in-plane"]["mean_dice"] > stored - ROBUSTNESS_MARGIN
+    for variant in wide:
+        assert rows[variant]["mean_dice"] > stored - ROBUSTNESS_MARGIN, rows[variant]
 
 
 def test_ct_model_finds_the_liver_in_a_tight_crop():
