@@ -3,7 +3,7 @@
 Trains the ``single``, ``concat`` and ``difm`` variants from one training configuration (its
 data, split, preprocessing, augmentation and preset), with the same budget and seeds, and
 scores each on the configuration's validation patients (whole volumes, through the inference
-engine). ``dinseg ablation configs/acdc-light.yaml --epochs 10 --seeds 0 1`` is the ACDC run.
+engine). ``dinseg ablation configs/acdc-light.yaml --epochs 5 --seeds 0 1 2`` is the ACDC run.
 """
 
 from __future__ import annotations
