@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -84,10 +83,10 @@ def run_ablation(plan: AblationPlan) -> List[Dict[str, object]]:
     for variant in plan.variants:
         for seed in plan.seeds:
             config = plan.run_config(variant, seed)
-            started = time.time()
-            card = _finished_run(config)
+            same_run = _same_run(config)
+            card = _finished_card(config) if same_run else None
             if card is None:
-                resume = _same_run(config) and (Path(config.output) / "checkpoint.pt").is_file()
+                resume = same_run and (Path(config.output) / "checkpoint.pt").is_file()
                 card = load_card(DINTrainingLogic(config, resume=resume).run()["last_card"])
             else:
                 log.info("ablation %s seed %d: reusing the finished run in %s", variant, seed, config.output)
@@ -97,8 +96,7 @@ def run_ablation(plan: AblationPlan) -> List[Dict[str, object]]:
                                   "(give a split file with a 'val' list, or val_fraction > 0)")
             rows.append({"variant": variant, "seed": seed, "dice": validation["dice/mean"],
                          "hd95": validation["hd95/mean"], "parameters_m": round(_parameters(card) / 1e6, 3),
-                         "iterations": config.total_iterations,
-                         "train_seconds": card.training.get("wall_time_s", round(time.time() - started, 1)),
+                         "iterations": config.total_iterations, "train_seconds": card.training["wall_time_s"],
                          **{key: value for key, value in validation.items() if key.startswith("dice/")
                             and key != "dice/mean"}})
             log.info("ablation %s seed %d: validation Dice %.4f, HD95 %.2f mm", variant, seed,
@@ -117,12 +115,12 @@ def _same_run(config) -> bool:
         json.dumps(config.to_dict()))
 
 
-def _finished_run(config):
-    """The last model card of a run of this configuration that trained all its epochs, else None."""
+def _finished_card(config):
+    """The last model card in ``config.output`` if that run trained all its epochs, else None."""
     from .models import load_card
 
     last = Path(config.output) / "models" / "last" / f"{config.model_name}.json"
-    if not (_same_run(config) and last.is_file()):
+    if not last.is_file():
         return None
     card = load_card(last)
     return card if card.training.get("epochs") == config.epochs else None
