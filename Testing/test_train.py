@@ -139,6 +139,20 @@ def test_config_file_and_flags(phantom, tmp_path):
         TrainConfig.from_file(bad)
 
 
+def test_a_config_file_takes_the_options_it_leaves_out_from_its_base(phantom, tmp_path):
+    (tmp_path / "stage1.yaml").write_text(f"data: {phantom}\nlayout: acdc\nbatch_size: 3\nlr: 0.002\n")
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "stage2.yaml").write_text("base: ../stage1.yaml\nlr: 0.001\n")
+    parsed = TrainConfig.from_file(tmp_path / "stages" / "stage2.yaml")
+    assert (parsed.data, parsed.batch_size, parsed.lr) == (str(phantom), 3, 0.001)
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml: no such configuration file"):
+        TrainConfig.from_file(tmp_path / "orphan.yaml")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="comes back to itself"):
+        TrainConfig.from_file(tmp_path / "loop.yaml")
+
+
 def test_two_process_distributed_training_gives_identical_weights(phantom, tmp_path):
     """torchrun with two CPU processes (gloo): same final weights on both ranks, files written once."""
     run = tmp_path / "ddp"

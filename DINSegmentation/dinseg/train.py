@@ -128,22 +128,8 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such configuration file")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except Exception as error:  # YAML and JSON raise different types; both mean a bad file
-            raise ConfigError(f"{path}: cannot parse ({str(error).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a configuration must be a mapping of option: value")
-        return cls.from_dict(data)
+        """A configuration file (YAML or JSON); ``base: FILE`` (beside it) supplies the options it leaves out."""
+        return cls.from_dict(_read_options(Path(path), ()))
 
     def preprocessing(self) -> Preprocessing:
         try:
@@ -169,6 +155,30 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
     if config.schedule == "cosine":
         return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
     return config.lr * (1 - progress) ** 0.9
+
+
+def _read_options(path: Path, reading: Tuple[Path, ...]) -> Dict[str, Any]:
+    """The options of a configuration file, with those of its ``base`` chain beneath them."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such configuration file")
+    if path.resolve() in reading:
+        raise ConfigError(f"{path}: its 'base' chain comes back to itself")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as error:  # YAML and JSON raise different types; both mean a bad file
+        raise ConfigError(f"{path}: cannot parse ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a configuration must be a mapping of option: value")
+    if "base" not in data:
+        return data
+    base = path.parent / str(data.pop("base"))
+    return {**_read_options(base, reading + (path.resolve(),)), **data}
 
 
 def random_canvas(image, target, canvas_range: Tuple[int, int], rng: np.random.Generator):

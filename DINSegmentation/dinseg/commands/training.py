@@ -155,7 +155,8 @@ def add_parsers(commands) -> None:
     """This module's subcommands on the ``dinseg`` parser."""
     train = commands.add_parser("train", help="train a DIN model (CPU, GPU, or torchrun for several)",
                                 description="Train on an ACDC, Synapse, BTCV or MSD/nnU-Net folder. CONFIG (YAML or "
-                                            "JSON) sets any option; flags override it. Under torchrun, trains with "
+                                            "JSON) sets any option (base: FILE, beside it, supplies those it leaves "
+                                            "out); flags override it. Under torchrun, trains with "
                                             "DistributedDataParallel.")
     train.add_argument("config", nargs="?", metavar="CONFIG")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
