@@ -270,6 +270,26 @@ def test_random_canvas_cuts_the_same_square_from_image_and_labels():
         TrainConfig(patch_size=(64, 64), canvas_range=(32, 96))
 
 
+def test_class_balanced_sampling_draws_a_small_organ_as_often_as_a_large_one():
+    from dinseg.data.sampling import PreparedCase, epoch_samples
+
+    labels = np.zeros((40, 8, 8), np.uint8)
+    labels[:36, 2:6, 2:6] = 1          # a large organ on 36 slices
+    labels[36:38, 0, 0] = 2            # a small one on 2
+    case = PreparedCase("case", np.zeros(labels.shape, np.float32), labels)
+    small = set(range(36, 38))
+
+    def small_share(balance):
+        samples = epoch_samples([case], 4000, seed=0, epoch=0, foreground_fraction=1.0, balance_classes=balance)
+        return sum(s in small for _, s in samples) / len(samples)
+
+    assert small_share(False) == pytest.approx(2 / 38, abs=0.02)
+    assert small_share(True) == pytest.approx(0.5, abs=0.03)
+    assert epoch_samples([case], 50, 3, 1, 0.8, True) == epoch_samples([case], 50, 3, 1, 0.8, True)
+    empty = PreparedCase("empty", np.zeros((5, 8, 8), np.float32), np.zeros((5, 8, 8), np.uint8))
+    assert len(epoch_samples([empty], 10, 0, 0, 1.0, balance_classes=True)) == 10
+
+
 def test_fine_tuning_starts_from_the_given_model(phantom, tmp_path, random_ct_model):
     first = DINTrainingLogic(_config(phantom, tmp_path / "first", epochs=1, val_fraction=0.0, preset="light",
                                      fusion="concat")).run()

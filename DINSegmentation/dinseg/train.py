@@ -76,6 +76,7 @@ class TrainConfig:
     epochs: int = 100
     iterations_per_epoch: int = 250
     foreground_fraction: float = 0.67
+    balance_classes: bool = False               # labelled draws: a class first, then a slice holding it
     lr: float = 1e-3
     weight_decay: float = 1e-2
     schedule: str = "cosine"                    # cosine or poly
@@ -364,7 +365,8 @@ class DINTrainingLogic:
             epoch_started = time.time()
             torch.manual_seed(config.seed * 100_003 + epoch)
             samples = epoch_samples(train_cases, config.iterations_per_epoch * config.batch_size * dist.world_size,
-                                    config.seed, epoch, config.foreground_fraction)
+                                    config.seed, epoch, config.foreground_fraction,
+                                    config.balance_classes)
             slices = TrainingSlices(train_cases, samples[dist.rank::dist.world_size], augmentation,
                                     config.patch_size, seed=config.seed * 7919 + epoch)
             loader = torch.utils.data.DataLoader(slices, batch_size=config.batch_size, shuffle=False,

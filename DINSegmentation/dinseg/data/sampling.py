@@ -108,21 +108,36 @@ def _clip_to_unit_range(image):
 
 
 def epoch_samples(cases: Sequence[PreparedCase], count: int, seed: int, epoch: int,
-                  foreground_fraction: float = 0.67) -> List[Tuple[int, int]]:
+                  foreground_fraction: float = 0.67, balance_classes: bool = False) -> List[Tuple[int, int]]:
     """``count`` (case index, slice index) pairs for one epoch, deterministic in (seed, epoch).
 
     A ``foreground_fraction`` of the samples come from slices that contain labels, so that
     small organs are seen often; the rest from any slice, so that empty slices stay empty.
+    With ``balance_classes`` a labelled draw first picks a class uniformly, then a slice that
+    holds it, so that a small organ (pancreas, gallbladder) is drawn as often as the liver.
     """
     rng = np.random.default_rng([seed, epoch])
     all_slices = [(c, s) for c, case in enumerate(cases) for s in range(case.image.shape[0])]
-    labelled = [(c, int(s)) for c, case in enumerate(cases) for s in case.foreground_slices]
-    pool_choice = rng.random(count) < (foreground_fraction if labelled else 0.0)
+    pools = _labelled_pools(cases, balance_classes)
+    pool_choice = rng.random(count) < (foreground_fraction if pools else 0.0)
     samples = []
     for from_labelled in pool_choice:
-        pool = labelled if from_labelled else all_slices
+        pool = pools[int(rng.integers(len(pools)))] if from_labelled else all_slices
         samples.append(pool[int(rng.integers(len(pool)))])
     return samples
+
+
+def _labelled_pools(cases: Sequence[PreparedCase], per_class: bool) -> List[List[Tuple[int, int]]]:
+    """Lists of (case index, slice index): one of all labelled slices, or one per class present."""
+    if not per_class:
+        labelled = [(c, int(s)) for c, case in enumerate(cases) for s in case.foreground_slices]
+        return [labelled] if labelled else []
+    pools: dict = {}
+    for c, case in enumerate(cases):
+        flat = case.labels.reshape(case.labels.shape[0], -1)
+        for label in np.unique(flat[flat > 0]):
+            pools.setdefault(int(label), []).extend((c, int(s)) for s in np.flatnonzero((flat == label).any(axis=1)))
+    return [pools[label] for label in sorted(pools)]
 
 
 class TrainingSlices:
