@@ -100,6 +100,7 @@ def test_cancel_leaves_a_checkpoint_to_resume_from(phantom, tmp_path):
     ({"colour": "red"}, ConfigError, "unknown training option"),
     ({"data": ""}, ConfigError, "no training data"),
     ({"schedule": "linear"}, ConfigError, "schedule"),
+    ({"balance_classes": "maybe"}, ConfigError, "balance_classes must be true or false"),
 ])
 def test_bad_configuration_fails_before_training(phantom, tmp_path, problem, error, message):
     with pytest.raises(error, match=message):

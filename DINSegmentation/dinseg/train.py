@@ -98,6 +98,10 @@ class TrainConfig:
             raise ConfigError(f"schedule must be cosine or poly, got {self.schedule!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.iterations_per_epoch < 1:
             raise ConfigError("batch_size, epochs and iterations_per_epoch must be at least 1")
+        not_switches = [f.name for f in dataclasses.fields(self)
+                        if f.type == "bool" and not isinstance(getattr(self, f.name), bool)]
+        if not_switches:
+            raise ConfigError(f"{', '.join(not_switches)} must be true or false")
         self.spacing = tuple(float(s) for s in self.spacing)
         self.patch_size = tuple(int(s) for s in self.patch_size)
         self.canvas_range = tuple(int(s) for s in self.canvas_range)
