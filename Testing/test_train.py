@@ -101,6 +101,7 @@ def test_cancel_leaves_a_checkpoint_to_resume_from(phantom, tmp_path):
     ({"data": ""}, ConfigError, "no training data"),
     ({"schedule": "linear"}, ConfigError, "schedule"),
     ({"balance_classes": "maybe"}, ConfigError, "balance_classes must be true or false"),
+    ({"context_slices": 5}, ConfigError, "context_slices must be a whole number from 0 to 3"),
 ])
 def test_bad_configuration_fails_before_training(phantom, tmp_path, problem, error, message):
     with pytest.raises(error, match=message):
@@ -302,3 +303,54 @@ def test_fine_tuning_starts_from_the_given_model(phantom, tmp_path, random_ct_mo
     with pytest.raises(ConfigError, match="same classes"):
         DINTrainingLogic(_config(phantom, tmp_path / "bad", epochs=1, val_fraction=0.0,
                                  init_model=str(random_ct_model))).run()  # 9 CT classes, 4 here
+
+
+def test_training_slices_carry_their_neighbours_in_stack_order():
+    from dinseg.data.sampling import PreparedCase, TrainingSlices
+
+    image = np.repeat(np.arange(5, dtype=np.float32)[:, None, None] / 10, 8, axis=1).repeat(8, axis=2)
+    case = PreparedCase("case", image, np.zeros(image.shape, np.uint8))
+    slices = TrainingSlices([case], [(0, 0), (0, 2), (0, 4)], None, (8, 8), seed=0, context_slices=1)
+    first, middle, last = (slices[i]["image"][:, 0, 0].numpy() * 10 for i in range(3))
+    assert np.allclose(middle, [1, 2, 3]) and np.allclose(first, [0, 0, 1]) and np.allclose(last, [3, 4, 4])
+    assert TrainingSlices([case], [(0, 2)], None, (8, 8), seed=0)[0]["image"].shape == (1, 8, 8)
+
+
+def test_a_one_slice_model_starts_a_2_5d_model_that_sees_the_neighbours(phantom, tmp_path):
+    from dinseg.infer import Segmenter
+    from dinseg.io import read_volume
+    from dinseg.models import load_network
+
+    flat = DINTrainingLogic(_config(phantom, tmp_path / "flat", epochs=1, val_fraction=0.0)).run()
+    wide = DINTrainingLogic(_config(phantom, tmp_path / "wide", epochs=1, val_fraction=0.0, lr=1e-12,
+                                    context_slices=1, init_model=str(flat["last_card"]))).run()
+    flat_card, wide_card = load_card(flat["last_card"]), load_card(wide["last_card"])
+    assert (wide_card.network.in_channels, wide_card.preprocessing.context_slices) == (3, 1)
+    volume = read_volume(phantom / "patient001" / "patient001_frame01.nii.gz")
+    # the neighbours' weights start at zero: the 2.5D model labels exactly as the one-slice model did
+    assert np.array_equal(Segmenter(flat_card, device="cpu").segment(volume).labels,
+                          Segmenter(wide_card, device="cpu").segment(volume).labels)
+
+    network = load_network(wide_card)
+    torch.manual_seed(1)
+    for encoder in (network.original_encoder, network.enhanced_encoder):
+        encoder.stem[0].weight.data[:, 0::2] = torch.randn_like(encoder.stem[0].weight[:, 0::2])
+    by_one = Segmenter(wide_card, device="cpu", network=network, batch_size=1).segment(volume).labels
+    by_four = Segmenter(wide_card, device="cpu", network=network, batch_size=4).segment(volume).labels
+    assert np.array_equal(by_one, by_four)      # neighbours cross batch boundaries unchanged
+    changed = volume.array.copy()
+    changed[3] = changed[3][::-1]
+    altered = dataclasses.replace(volume, array=changed)
+    by_neighbour = Segmenter(wide_card, device="cpu", network=network).segment(altered).labels
+    assert not np.array_equal(by_neighbour[2], by_one[2]) or not np.array_equal(by_neighbour[4], by_one[4])
+    assert np.array_equal(by_neighbour[0], by_one[0])    # two slices away: out of its sight
+
+
+def test_a_card_whose_network_does_not_take_its_slices_is_refused(random_ct_model, tmp_path):
+    from dinseg.errors import ModelError
+
+    data = json.loads(random_ct_model.read_text())
+    data["preprocessing"]["context_slices"] = 1
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="takes 1 input channel"):
+        load_card(tmp_path / "bad.json")

@@ -21,13 +21,16 @@ __all__ = ["METHODS", "EnhanceConfig", "enhance", "clahe", "gamma_correct", "uns
 def enhance(images: torch.Tensor, config: EnhanceConfig) -> torch.Tensor:
     """Enhance a batch of slices as `config` says.
 
-    images: (B, 1, H, W) or (B, H, W) float in [0, 1]. Returns the same shape, dtype and device,
-    values in [0, 1]. With method "none" or strength 0 the input tensor itself is returned.
+    images: (B, C, H, W) or (B, H, W) float in [0, 1], each channel a slice enhanced on its own.
+    Returns the same shape, dtype and device, values in [0, 1]. With method "none" or strength 0
+    the input tensor itself is returned.
     """
     if config.method == "none" or config.strength == 0.0:
         return images
     if images.dim() == 3:
         return enhance(images.unsqueeze(1), config).squeeze(1)
+    if images.shape[1] > 1:
+        return enhance(images.reshape(-1, 1, *images.shape[2:]), config).reshape(images.shape)
     if config.method == "clahe":
         enhanced = clahe(images, config.clip_limit, config.tiles, config.bins)
     elif config.method == "gamma":

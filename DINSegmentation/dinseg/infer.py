@@ -20,7 +20,7 @@ from .geometry import Geometry
 from .io import ImageVolume
 from .models import ModelCard, load_network
 from .postprocess import clean_labels
-from .preprocess import labels_at_size, to_model_grid
+from .preprocess import labels_at_size, neighbour_indices, to_model_grid, with_neighbours
 
 log = logging.getLogger("dinseg")
 
@@ -227,10 +227,13 @@ class Segmenter:
         batch_size = self.requested_batch_size or self._auto_batch_size(model_shape, slice_shape)
         total = canonical.shape[0] * frame_count
         start = 0
+        context = preprocessing.context_slices
         while start < canonical.shape[0]:
             stop = min(start + batch_size, canonical.shape[0])
+            slab = canonical[neighbour_indices(start, stop, context, canonical.shape[0])] if context \
+                else canonical[start:stop]
             try:
-                output[start:stop] = self._predict_slab(canonical[start:stop], bounds, model_shape, timer)
+                output[start:stop] = self._predict_slab(slab, bounds, model_shape, timer)
             except self._torch.cuda.OutOfMemoryError:
                 batch_size = self._recover_from_out_of_memory(batch_size)
                 continue
@@ -243,13 +246,16 @@ class Segmenter:
         return labels
 
     def _predict_slab(self, slab: np.ndarray, bounds, model_shape, timer: StageTimer) -> np.ndarray:
-        """(B, H, W) canonical intensities -> (B, H, W) uint8 labels."""
+        """(B + 2 * context, H, W) canonical intensities (B slices and their neighbours) -> (B, H, W) uint8 labels."""
         torch = self._torch
+        context = self.card.preprocessing.context_slices
         with torch.inference_mode():
             with timer.stage("canonicalise"):
                 slices = to_model_grid(slab, bounds, model_shape, self.device)
             with timer.stage("enhance"):
                 enhanced = enhance(slices, self.enhancement) if self.uses_enhanced else None
+                slices = with_neighbours(slices, context)
+                enhanced = None if enhanced is None else with_neighbours(enhanced, context)
             with timer.stage("network"):
                 probabilities = self._probabilities(slices, enhanced)
             with timer.stage("postprocess"):

@@ -62,6 +62,12 @@ class ModelCard:
     postprocessing: Dict[str, bool] = field(default_factory=dict)  # {"largest_component": .., "fill_holes": ..}
     path: Optional[Path] = None  # the card file it was read from (not serialised)
 
+    def __post_init__(self) -> None:
+        if self.network.in_channels != self.preprocessing.input_channels:
+            raise ValueError(f"the network takes {self.network.in_channels} input channel(s), but "
+                             f"context_slices {self.preprocessing.context_slices} gives "
+                             f"{self.preprocessing.input_channels}")
+
     @property
     def num_classes(self) -> int:
         return len(self.labels) + 1

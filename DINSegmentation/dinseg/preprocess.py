@@ -154,6 +154,9 @@ class Preprocessing:
 
     orientation / orientation_mode: see :func:`dinseg.geometry.canonical_reorientation`.
     spacing: in-plane (x, y) spacing in mm of the canonical slices the network sees.
+    context_slices: neighbouring slices on each side that the network sees with each slice
+        (2.5D; 0 = one slice). Its input then has ``2 * context_slices + 1`` channels, in stack
+        order; beyond the stack's ends the end slice is repeated.
     """
 
     orientation: str = "LPS"
@@ -161,8 +164,12 @@ class Preprocessing:
     spacing: Tuple[float, float] = (1.5, 1.5)
     normalization: Normalization = field(default_factory=Normalization)
     enhancement: EnhanceConfig = field(default_factory=EnhanceConfig)
+    context_slices: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.context_slices, bool) or not isinstance(self.context_slices, int) \
+                or not 0 <= self.context_slices <= 3:
+            raise ConfigError(f"context_slices must be a whole number from 0 to 3, got {self.context_slices!r}")
         try:
             parse_orientation(self.orientation)
         except ValueError as error:
@@ -172,6 +179,11 @@ class Preprocessing:
         self.spacing = tuple(float(s) for s in self.spacing)
         if len(self.spacing) != 2 or min(self.spacing) <= 0:
             raise ConfigError(f"spacing must be two positive in-plane values in mm, got {self.spacing}")
+
+    @property
+    def input_channels(self) -> int:
+        """Slices per network input: the slice and its neighbours on each side."""
+        return 2 * self.context_slices + 1
 
     def reorientation(self, geometry: Geometry) -> Reorientation:
         return canonical_reorientation(geometry, self.orientation, self.orientation_mode)
@@ -187,11 +199,12 @@ class Preprocessing:
                 "spacing": list(self.spacing),
                 "normalization": {"kind": self.normalization.kind, "low": self.normalization.low,
                                   "high": self.normalization.high},
-                "enhancement": self.enhancement.to_dict()}
+                "enhancement": self.enhancement.to_dict(), "context_slices": self.context_slices}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Preprocessing":
-        unknown = sorted(set(data) - {"orientation", "orientation_mode", "spacing", "normalization", "enhancement"})
+        unknown = sorted(set(data) - {"orientation", "orientation_mode", "spacing", "normalization", "enhancement",
+                                      "context_slices"})
         if unknown:
             raise ConfigError(f"unknown preprocessing key(s): {', '.join(unknown)}")
         data = dict(data)
@@ -274,6 +287,23 @@ def labels_at_size(probabilities, shape: Tuple[int, int], chunk: int = 1 << 20):
         lower = pixels[batch, bottom, left] * (1 - wx) + pixels[batch, bottom, right_] * wx
         labels[batch, y, x] = (upper * (1 - wy) + lower * wy).max(dim=1).indices.to(labels.dtype)
     return labels
+
+
+def with_neighbours(slices, context: int):
+    """(B + 2 * context, 1, h, w) consecutive slices -> (B, 2 * context + 1, h, w): each of the
+    middle B slices with its ``context`` neighbours on each side as channels, in stack order."""
+    import torch
+
+    if context == 0:
+        return slices
+    count = slices.shape[0] - 2 * context
+    return torch.cat([slices[offset:offset + count] for offset in range(2 * context + 1)], dim=1)
+
+
+def neighbour_indices(start: int, stop: int, context: int, depth: int) -> np.ndarray:
+    """Slice indices start - context .. stop - 1 + context of a stack of ``depth`` slices, the
+    end slices repeated beyond its ends (the input of :func:`with_neighbours`)."""
+    return np.clip(np.arange(start - context, stop + context), 0, depth - 1)
 
 
 def to_model_grid(slab: np.ndarray, bounds: Tuple[float, float], model_shape: Tuple[int, int], device="cpu"):

@@ -61,6 +61,7 @@ class TrainConfig:
     fusion: str = "difm"
     share_encoders: bool = False
     spacing: Tuple[float, float] = (1.5, 1.5)   # in-plane mm of the network's grid
+    context_slices: int = 0                     # 2.5D: neighbouring slices on each side as extra channels
     orientation: str = "LPS"
     orientation_mode: str = "anatomical"
     normalization: str = "window"               # window (CT) or percentile (MR)
@@ -142,7 +143,8 @@ class TrainConfig:
                                  spacing=self.spacing,
                                  normalization=Normalization(self.normalization, self.normalization_low,
                                                              self.normalization_high),
-                                 enhancement=EnhanceConfig.from_dict(self.enhancement))
+                                 enhancement=EnhanceConfig.from_dict(self.enhancement),
+                                 context_slices=self.context_slices)
         except ValueError as error:
             raise ConfigError(str(error)) from None
 
@@ -319,10 +321,11 @@ class DINTrainingLogic:
         initial_weights = None
         try:
             if config.init_model:
-                net_config, initial_weights = self._initial_model(num_classes)
+                net_config, initial_weights = self._initial_model(num_classes, preprocessing.input_channels)
             else:
                 net_config = NetConfig.from_preset(config.preset, num_classes=num_classes, fusion=config.fusion,
-                                                   share_encoders=config.share_encoders)
+                                                   share_encoders=config.share_encoders,
+                                                   in_channels=preprocessing.input_channels)
             augmentation = Augmentation(**{k: tuple(v) if isinstance(v, list) else v
                                            for k, v in config.augmentation.items()})
         except (TypeError, ValueError) as error:
@@ -372,7 +375,8 @@ class DINTrainingLogic:
                                     config.seed, epoch, config.foreground_fraction,
                                     config.balance_classes)
             slices = TrainingSlices(train_cases, samples[dist.rank::dist.world_size], augmentation,
-                                    config.patch_size, seed=config.seed * 7919 + epoch)
+                                    config.patch_size, seed=config.seed * 7919 + epoch,
+                                    context_slices=config.context_slices)
             loader = torch.utils.data.DataLoader(slices, batch_size=config.batch_size, shuffle=False,
                                                  num_workers=config.workers, drop_last=True,
                                                  persistent_workers=False)
@@ -430,16 +434,27 @@ class DINTrainingLogic:
             log.info("rank %d final weights sha256 %s", dist.rank, _state_digest(network))
         return self._summary(state)
 
-    def _initial_model(self, num_classes: int):
-        """(network configuration, weights) of ``init_model``, for fine-tuning; the classes must match."""
+    def _initial_model(self, num_classes: int, in_channels: int):
+        """(network configuration, weights) of ``init_model``, for fine-tuning; the classes must match.
+
+        A one-slice model may start a 2.5D one (``context_slices``): see :func:`dinseg.nets.widen_input`.
+        """
         from .models import find_model, load_weights
+        from .nets import widen_input
 
         card = find_model(self.config.init_model)
         if card.num_classes != num_classes:
             raise ConfigError(f"init_model {card.name} has {card.num_classes} classes, the data {num_classes}; "
                               "fine-tuning needs the same classes (use label_map)")
+        weights = load_weights(card)
+        if card.network.in_channels != in_channels:
+            if card.network.in_channels != 1:
+                raise ConfigError(f"init_model {card.name} takes {card.network.in_channels} slices per input, "
+                                  f"this configuration {in_channels}; only a one-slice model can start a 2.5D one")
+            weights = widen_input(weights, in_channels)
+            log.info("its one-slice input widened to %d slices (the neighbours' weights start at zero)", in_channels)
         log.info("starting from %s %s (its network configuration replaces preset and fusion)", card.name, card.version)
-        return card.network, load_weights(card)
+        return dataclasses.replace(card.network, in_channels=in_channels), weights
 
     def _summary(self, state) -> Dict[str, Any]:
         models = self.run_dir / "models"

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..geometry import Geometry
 from ..io import ImageVolume
-from ..preprocess import Preprocessing, resize_slices, to_model_grid
+from ..preprocess import Preprocessing, neighbour_indices, resize_slices, to_model_grid
 
 _CHUNK = 32
 
@@ -143,13 +143,16 @@ def _labelled_pools(cases: Sequence[PreparedCase], per_class: bool) -> List[List
 class TrainingSlices:
     """A map-style torch dataset of augmented patches for a fixed list of samples.
 
-    item i -> {"image": (1, h, w) float32 in [0, 1], "label": (h, w) int64}. Sample i's
+    item i -> {"image": (C, h, w) float32 in [0, 1], "label": (h, w) int64}, C = 2 *
+    context_slices + 1: the slice and its neighbours in stack order, as inference gives them
+    (:func:`dinseg.preprocess.neighbour_indices`), one augmentation for all. Sample i's
     augmentation is seeded by (seed, i), so a run is the same whatever the number of loader
     workers or processes.
     """
 
     def __init__(self, cases: Sequence[PreparedCase], samples: Sequence[Tuple[int, int]],
-                 augmentation: Optional[Augmentation], patch_size: Tuple[int, int], seed: int):
+                 augmentation: Optional[Augmentation], patch_size: Tuple[int, int], seed: int,
+                 context_slices: int = 0):
         from monai.data import set_track_meta
 
         set_track_meta(False)
@@ -158,6 +161,7 @@ class TrainingSlices:
         self.transform = (augmentation or Augmentation(rotate_degrees=0, scale=0, translate=0, probability=0)
                           ).build(patch_size)
         self.seed = seed
+        self.context_slices = context_slices
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -167,7 +171,8 @@ class TrainingSlices:
 
         case_index, slice_index = self.samples[index]
         case = self.cases[case_index]
-        item = {"image": torch.from_numpy(case.image[slice_index][None].copy()),
+        neighbours = neighbour_indices(slice_index, slice_index + 1, self.context_slices, case.image.shape[0])
+        item = {"image": torch.from_numpy(case.image[neighbours]),
                 "label": torch.from_numpy(case.labels[slice_index][None].astype(np.float32))}
         self.transform.set_random_state(seed=(self.seed * 1_000_003 + index) % (2 ** 32))
         item = self.transform(item)
