@@ -316,6 +316,29 @@ def test_training_slices_carry_their_neighbours_in_stack_order():
     assert TrainingSlices([case], [(0, 2)], None, (8, 8), seed=0)[0]["image"].shape == (1, 8, 8)
 
 
+def test_structure_intensity_shifts_each_labelled_structure_by_its_own_amount():
+    from dinseg.data.sampling import Augmentation, rand_structure_intensity
+
+    label = torch.zeros((1, 16, 16))
+    label[0, 2:8, 2:8], label[0, 9:14, 9:14] = 1, 2
+    transform = rand_structure_intensity(prob=1.0, max_shift=0.3)
+    transform.set_random_state(seed=0)
+    shifts = []
+    for _ in range(20):
+        image = transform({"image": torch.full((3, 16, 16), 0.5), "label": label})["image"]
+        assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])  # neighbours shift alike
+        assert torch.all(image[:, label[0] == 0] == 0.5)             # background untouched
+        first, second = (torch.unique(image[1][label[0] == value]) for value in (1, 2))
+        assert len(first) == len(second) == 1                       # one shift per structure
+        shifts.append((float(first) - 0.5, float(second) - 0.5))
+    shifts = np.array(shifts)
+    assert np.all(np.abs(shifts) <= 0.3 + 1e-6) and np.abs(shifts).max() > 0.1
+    assert not np.allclose(shifts[:, 0], shifts[:, 1])             # structures move independently
+    steps = [type(step).__name__ for step in Augmentation(structure_intensity=0.3).build((16, 16)).transforms]
+    assert "_RandStructureIntensityd" in steps
+    assert "_RandStructureIntensityd" not in [type(step).__name__ for step in Augmentation().build((16, 16)).transforms]
+
+
 def test_a_one_slice_model_starts_a_2_5d_model_that_sees_the_neighbours(phantom, tmp_path):
     from dinseg.infer import Segmenter
     from dinseg.io import read_volume

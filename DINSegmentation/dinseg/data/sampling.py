@@ -57,7 +57,10 @@ class Augmentation:
     ``elastic``, off by default), and flips only along ``flip_axes`` (none by default: left and
     right organs must stay apart). Appearance: MR bias field (coefficients up to ``bias_field``,
     off by default), contrast (gamma), intensity scale and shift, simulated lower resolution,
-    blur, sharpening, Gaussian noise.
+    blur, sharpening, Gaussian noise. ``structure_intensity`` (off by default) shifts each
+    labelled structure's intensity by its own random amount (up to that many units of the
+    normalised [0, 1] range), as another contrast phase or sequence would: a CT model then
+    cannot take an organ's brightness for the organ.
     """
 
     rotate_degrees: float = 15.0
@@ -71,6 +74,7 @@ class Augmentation:
     noise_std: float = 0.03
     elastic: float = 0.0
     bias_field: float = 0.0
+    structure_intensity: float = 0.0
     probability: float = 0.3
 
     def build(self, patch_size: Tuple[int, int]):
@@ -89,6 +93,8 @@ class Augmentation:
                                           magnitude_range=(1.0, 3.0), mode=("bilinear", "nearest"),
                                           padding_mode="zeros"))
         steps += [T.RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=axis) for axis in self.flip_axes]
+        if self.structure_intensity > 0:
+            steps.append(rand_structure_intensity(prob=p, max_shift=self.structure_intensity))
         if self.bias_field > 0:
             steps.append(T.RandBiasFieldd(keys="image", prob=p, coeff_range=(0.0, self.bias_field)))
         steps += [T.RandSimulateLowResolutiond(keys="image", prob=p, zoom_range=self.low_resolution,
@@ -101,6 +107,31 @@ class Augmentation:
                   T.RandGaussianNoised(keys="image", prob=p, std=self.noise_std),
                   T.Lambdad(keys="image", func=_clip_to_unit_range)]
         return T.Compose(steps)
+
+
+def rand_structure_intensity(prob: float, max_shift: float):
+    """A MONAI transform over {"image": (C, h, w), "label": (1, h, w)}: with probability ``prob``
+    each label value present, background excepted, gets its own uniform shift in
+    [-max_shift, max_shift] added to the image (every channel) where the label holds it."""
+    from monai.transforms import MapTransform, RandomizableTransform
+
+    class _RandStructureIntensityd(RandomizableTransform, MapTransform):
+        def __init__(self):
+            RandomizableTransform.__init__(self, prob)
+            MapTransform.__init__(self, keys=("image",))
+
+        def __call__(self, data):
+            self.randomize(None)
+            if not self._do_transform:
+                return data
+            label = data["label"][0].round()
+            image = data["image"].clone()
+            for value in label.unique().tolist():
+                if value > 0:
+                    image[:, label == value] += float(self.R.uniform(-max_shift, max_shift))
+            return dict(data, image=image)
+
+    return _RandStructureIntensityd()
 
 
 def _clip_to_unit_range(image):
