@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -49,6 +49,17 @@ class StageTimer:
         total = sum(self.seconds.values()) or 1e-9
         rows = [f"  {name:<13}{value:8.2f} s {100 * value / total:5.1f} %" for name, value in self.seconds.items()]
         return "\n".join(rows + [f"  {'total':<13}{total:8.2f} s"])
+
+
+def check_class_weights(weights: Sequence[float], num_classes: int) -> List[float]:
+    """The class weights as floats, or an InputError unless there is one positive number per class."""
+    try:
+        values = [float(weight) for weight in weights]
+    except (TypeError, ValueError):
+        raise InputError(f"class weights must be numbers, got {weights!r}") from None
+    if len(values) != num_classes or not all(np.isfinite(values)) or min(values) <= 0:
+        raise InputError(f"class weights must be {num_classes} positive numbers (background first), got {weights!r}")
+    return values
 
 
 def resolve_device(device: str = "auto"):
@@ -160,12 +171,17 @@ class Segmenter:
     model was measured with), True or False overrides it. rotations: test-time augmentation,
     the softmax averaged over 1, 2 or 4 in-plane rotations by 90 degrees (None: the card's
     ``postprocessing["rotations"]``, default 1); for models trained with all rotations.
+    class_weights: one factor per class (background first) that multiplies its probability
+    before the arg-max, a prior correction fitted by ``dinseg calibrate`` (None: the card's
+    ``postprocessing["class_weights"]``, default none). record: a list to which every batch's
+    (B, K, h, w) probabilities on the model grid and its (H, W) slice shape are appended.
     """
 
     def __init__(self, card: ModelCard, device: str = "auto", enhancement: Optional[EnhanceConfig] = None,
                  batch_size: Optional[int] = None, largest_component: Optional[bool] = None,
                  fill_holes: Optional[bool] = None, progress: Optional[ProgressCallback] = None,
-                 network=None, rotations: Optional[int] = None):
+                 network=None, rotations: Optional[int] = None,
+                 class_weights: Optional[Sequence[float]] = None, record: Optional[list] = None):
         import torch
 
         self.card = card
@@ -183,6 +199,10 @@ class Segmenter:
         if self.rotations > 1 and trained_degrees is not None and float(trained_degrees) < 90:
             raise InputError(f"{card.name} was trained with rotations up to {trained_degrees:g} degrees only: "
                              "test-time rotations by 90 degrees would mislead it; use --rotations 1")
+        weights = defaults.get("class_weights") if class_weights is None else class_weights
+        self.class_weights = None if weights is None else torch.tensor(
+            check_class_weights(weights, card.num_classes), dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.record = record
         self.progress = progress or (lambda stage, done, total: None)
         self.network = load_network(card, self.device) if network is None else network.to(self.device)
         self.uses_enhanced = self.network.uses_enhanced
@@ -240,9 +260,13 @@ class Segmenter:
             start = stop
             self.progress("network", frame_index * canonical.shape[0] + stop, total)
         with timer.stage("postprocess"):
-            labels = np.ascontiguousarray(reorientation.from_canonical(output))
-            if self.largest_component or self.fill_holes:
-                labels = clean_labels(labels, self.largest_component, self.fill_holes)
+            return self.to_input_grid(output, reorientation)
+
+    def to_input_grid(self, canonical_labels: np.ndarray, reorientation) -> np.ndarray:
+        """(z, h, w) labels in canonical orientation -> (z, y, x) labels on the input grid, cleaned up."""
+        labels = np.ascontiguousarray(reorientation.from_canonical(canonical_labels))
+        if self.largest_component or self.fill_holes:
+            labels = clean_labels(labels, self.largest_component, self.fill_holes)
         return labels
 
     def _predict_slab(self, slab: np.ndarray, bounds, model_shape, timer: StageTimer) -> np.ndarray:
@@ -259,10 +283,14 @@ class Segmenter:
             with timer.stage("network"):
                 probabilities = self._probabilities(slices, enhanced)
             with timer.stage("postprocess"):
-                return labels_at_size(probabilities, slab.shape[1:]).to(torch.uint8).cpu().numpy()
+                labels = labels_at_size(probabilities, slab.shape[1:]).to(torch.uint8).cpu().numpy()
+            if self.record is not None:
+                self.record.append((probabilities.cpu(), tuple(slab.shape[1:])))
+            return labels
 
     def _probabilities(self, slices, enhanced):
-        """(B, 1, H, W) slices -> (B, K, H, W) softmax, averaged over the test-time rotations."""
+        """(B, C, H, W) slices -> (B, K, H, W) softmax, averaged over the test-time rotations and
+        multiplied by the class weights."""
         torch = self._torch
         total = None
         for quarter_turns in range(0, 4, 4 // self.rotations):
@@ -272,7 +300,8 @@ class Segmenter:
                 logits = self.network(turned, turned_enhanced)
             probabilities = torch.rot90(logits.float().softmax(dim=1), -quarter_turns, dims=(-2, -1))
             total = probabilities if total is None else total + probabilities
-        return total / self.rotations
+        total = total / self.rotations
+        return total if self.class_weights is None else total * self.class_weights
 
     def _auto_batch_size(self, model_shape, slice_shape) -> int:
         """Slices per pass so that activations use at most a quarter of the free memory."""

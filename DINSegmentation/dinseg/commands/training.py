@@ -1,4 +1,4 @@
-"""``dinseg train``, ``evaluate``, ``synth`` and ``ablation``."""
+"""``dinseg train``, ``evaluate``, ``calibrate``, ``synth`` and ``ablation``."""
 
 from __future__ import annotations
 
@@ -85,13 +85,10 @@ def run_train(args) -> int:
     return 0
 
 
-def run_evaluate(args) -> int:
-    from ..data import open_dataset, split_cases, load_split_file
-    from ..evaluate import CardiacAgreement, evaluate_cases, write_report
-    from ..infer import Segmenter
-    from ..models import find_model
+def _dataset_cases(args, card):
+    """The cases of --split (or all) of --data, read with --layout and --label-map."""
+    from ..data import load_split_file, open_dataset, split_cases
 
-    card = find_model(args.model)
     label_map = None
     if args.label_map:  # values it does not name become background
         label_map = {value: 0 for value in range(256)}
@@ -109,6 +106,16 @@ def run_evaluate(args) -> int:
     if [label.name for label in card.labels] != list(dataset.class_names):
         log.warning("model classes %s differ from the dataset's %s; scoring by label value",
                     [label.name for label in card.labels], dataset.class_names)
+    return cases
+
+
+def run_evaluate(args) -> int:
+    from ..evaluate import CardiacAgreement, evaluate_cases, write_report
+    from ..infer import Segmenter
+    from ..models import find_model
+
+    card = find_model(args.model)
+    cases = _dataset_cases(args, card)
     phases = {case.case_id: case.phase for case in cases}
     cardiac = CardiacAgreement(card.labels) if any(phases.values()) and any(
         label.name == "left ventricle" for label in card.labels) else None
@@ -124,6 +131,50 @@ def run_evaluate(args) -> int:
 
     print(f"dinseg: wrote {report} and {report.with_suffix('.csv')} ({card.name} {card.version}, device "
           f"{segmenter.device}, {torch.get_num_threads()} CPU threads)", file=sys.stderr)
+    return 0
+
+
+def run_calibrate(args) -> int:
+    import shutil
+
+    import numpy as np
+
+    from ..calibrate import fit_class_weights
+    from ..io import atomic_output
+    from ..models import find_model, load_card, sha256_of
+
+    card = find_model(args.model)
+    output = Path(args.output)
+    if output.resolve() == card.path.parent.resolve():
+        raise InputError(f"{output}: that is the model's own folder; write the calibrated card elsewhere")
+    cases = _dataset_cases(args, card)
+    if args.max_cases and len(cases) > args.max_cases:
+        cases = [cases[int(i)] for i in np.linspace(0, len(cases) - 1, args.max_cases).round()]
+    calibration = fit_class_weights(card, cases, device=args.device)
+    output.mkdir(parents=True, exist_ok=True)
+    weights_path = output / card.weights.file
+    with atomic_output(weights_path) as temporary:
+        shutil.copyfile(card.weights_path, temporary)
+    if sha256_of(weights_path) != card.weights.sha256:
+        raise InputError(f"{card.weights_path}: its SHA-256 does not match the card")
+    card.postprocessing = dict(card.postprocessing, class_weights=calibration.class_weights)
+    card.training = dict(card.training, calibration={
+        "command": " ".join(["dinseg calibrate --model", args.model, "--data", args.data, "--split", args.split]
+                            + (["--split-file", args.split_file] if args.split_file else [])
+                            + ["--max-cases", str(args.max_cases), "-o", args.output]),
+        "cases": calibration.cases,
+        "class_weights": calibration.class_weights, "mean_dice_before": round(calibration.dice_before, 4),
+        "mean_dice_after": round(calibration.dice_after, 4)})
+    card.metrics = {}  # they described the model without the weights: measure it again (dinseg evaluate)
+    card_path = card.save(output / f"{card.name}.json")
+    load_card(card_path)  # reads back and checks the weights it names
+    names = ["background"] + [label.name for label in card.labels]
+    print("| class | weight |\n|---|---|")
+    for name, weight in zip(names, calibration.class_weights):
+        print(f"| {name} | {weight:g} |")
+    print(f"\nmean Dice on the {calibration.cases} fitting cases: {calibration.dice_before:.4f} -> "
+          f"{calibration.dice_after:.4f} ({calibration.evaluations} weightings tried)")
+    print(f"dinseg: wrote {card_path}", file=sys.stderr)
     return 0
 
 
@@ -178,6 +229,25 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("-o", "--output", default="evaluation", help="folder for evaluation.csv and .md")
     add_cleanup_options(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit class weights that correct a model's systematic bias, on training cases",
+        description="Segment labelled cases once, then search one factor per class on its probability (before the "
+                    "arg-max) that maximises the mean Dice; write a copy of the card with them in OUTPUT. Fit on "
+                    "training cases, never on those you measure the model on.")
+    calibrate.add_argument("--model", required=True, help="model name or card path")
+    calibrate.add_argument("--data", required=True, help="dataset folder (ACDC, Synapse, BTCV, MSD/nnU-Net)")
+    calibrate.add_argument("--split", default="train", help="train or all (default: %(default)s)")
+    calibrate.add_argument("--split-file", help="JSON/YAML with the case lists of each split")
+    calibrate.add_argument("--layout", default="auto")
+    calibrate.add_argument("--label-map", type=json.loads, metavar="JSON", help="as for evaluate")
+    calibrate.add_argument("--val-fraction", type=float, default=0.2)
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--max-cases", type=int, default=40,
+                           help="at most this many cases, evenly spread over the split (default: %(default)s; 0: all)")
+    add_device_options(calibrate)
+    calibrate.add_argument("-o", "--output", required=True, help="folder for the calibrated card and its weights")
+    calibrate.set_defaults(handler=run_calibrate)
 
     synth = commands.add_parser("synth", help="write a synthetic cardiac short-axis PHANTOM in the ACDC layout")
     synth.add_argument("output", metavar="OUT")
