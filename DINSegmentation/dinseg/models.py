@@ -59,7 +59,7 @@ class ModelCard:
     metrics: Dict[str, Any] = field(default_factory=dict)
     limitations: str = ""
     anatomy: str = ""  # "heart" (short-axis cine) or "abdomen": chooses the model for an image
-    postprocessing: Dict[str, bool] = field(default_factory=dict)  # {"largest_component": .., "fill_holes": ..}
+    postprocessing: Dict[str, Any] = field(default_factory=dict)  # {"largest_component": .., "class_weights": ..}
     path: Optional[Path] = None  # the card file it was read from (not serialised)
 
     def __post_init__(self) -> None:

@@ -51,7 +51,11 @@ def format_model_card(card) -> str:
                             f"{preprocessing.orientation} ({preprocessing.orientation_mode}), "
                             f"{normalization.kind} {normalization.low:g}..{normalization.high:g}, "
                             f"enhancement {preprocessing.enhancement.method}")
-    cleanup = [name.replace("_", " ") for name, on in card.postprocessing.items() if on]
+    cleanup = [name.replace("_", " ") for name, on in card.postprocessing.items() if on is True]
+    if card.postprocessing.get("class_weights"):
+        names = ["background"] + [label.name for label in card.labels]
+        cleanup.append("class weights " + ", ".join(f"{name} {weight:g}" for name, weight in
+                                                    zip(names, card.postprocessing["class_weights"])))
     lines += field("post-processing", ", ".join(cleanup) or "none")
     lines += field("training data", str(training.get("data", "not recorded")))
     if training.get("command"):
