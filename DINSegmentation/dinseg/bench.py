@@ -506,5 +506,5 @@ def format_robustness_table(rows: List[Dict], model: str) -> str:
     header = ["stored as", "voxels"] + organs + ["mean Dice", "seconds"]
     table = [[row["variant"], row["size"]] + [f"{row['dice'][o]:.3f}" for o in organs]
              + [f"{row['mean_dice']:.3f}", f"{row['seconds']:.1f}"] for row in rows]
-    return (f"model {model}; the TRAINING patient (bundled CT) stored in other ways, scored against its "
+    return (f"model {model}; the bundled CT stored in other ways, scored against its "
             "TotalSegmentator labels moved the same way\n\n" + markdown_table(header, table))
