@@ -90,3 +90,7 @@ def test_calibrate_never_writes_over_the_model(tmp_path, capsys):
                  "-o", str(card.path.parent)])
     assert code == 2 and card.path.read_bytes() == before
     assert "model's own folder" in capsys.readouterr().err
+    for unwritable in ("/proc/calibrated", str(tmp_path / "missing" / "calibrated")):
+        assert main(["calibrate", "--model", "acdc-light", "--data", str(data), "--split", "all", "-o", unwritable]) == 2
+        assert "dinseg: error:" in capsys.readouterr().err            # refused before any case is segmented
+    assert not (tmp_path / "missing").exists()

@@ -140,13 +140,15 @@ def run_calibrate(args) -> int:
     import numpy as np
 
     from ..calibrate import fit_class_weights
-    from ..io import atomic_output
+    from ..io import atomic_output, check_output_path
     from ..models import find_model, load_card, sha256_of
 
     card = find_model(args.model)
     output = Path(args.output)
     if output.resolve() == card.path.parent.resolve():
         raise InputError(f"{output}: that is the model's own folder; write the calibrated card elsewhere")
+    # before the fit (minutes): the folder, or the one it will be made in, must take files
+    check_output_path((output if output.is_dir() else output.parent) / f"{card.name}.json", extensions=(".json",))
     cases = _dataset_cases(args, card)
     if args.max_cases and len(cases) > args.max_cases:
         cases = [cases[int(i)] for i in np.linspace(0, len(cases) - 1, args.max_cases).round()]
