@@ -94,3 +94,6 @@ def test_calibrate_never_writes_over_the_model(tmp_path, capsys):
         assert main(["calibrate", "--model", "acdc-light", "--data", str(data), "--split", "all", "-o", unwritable]) == 2
         assert "dinseg: error:" in capsys.readouterr().err            # refused before any case is segmented
     assert not (tmp_path / "missing").exists()
+    assert main(["calibrate", "--model", "acdc-light", "--data", str(data), "--max-cases", "-1",
+                 "-o", str(tmp_path / "out")]) == 2
+    assert "--max-cases" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -140,9 +140,12 @@ def run_calibrate(args) -> int:
     import numpy as np
 
     from ..calibrate import fit_class_weights
+    from ..errors import ModelError
     from ..io import atomic_output, check_output_path
     from ..models import find_model, load_card, sha256_of
 
+    if args.max_cases < 0:
+        raise InputError(f"--max-cases must be 0 (all) or more, got {args.max_cases}")
     card = find_model(args.model)
     output = Path(args.output)
     if output.resolve() == card.path.parent.resolve():
@@ -153,12 +156,6 @@ def run_calibrate(args) -> int:
     if args.max_cases and len(cases) > args.max_cases:
         cases = [cases[int(i)] for i in np.linspace(0, len(cases) - 1, args.max_cases).round()]
     calibration = fit_class_weights(card, cases, device=args.device)
-    output.mkdir(parents=True, exist_ok=True)
-    weights_path = output / card.weights.file
-    with atomic_output(weights_path) as temporary:
-        shutil.copyfile(card.weights_path, temporary)
-    if sha256_of(weights_path) != card.weights.sha256:
-        raise InputError(f"{card.weights_path}: its SHA-256 does not match the card")
     card.postprocessing = dict(card.postprocessing, class_weights=calibration.class_weights)
     card.training = dict(card.training, calibration={
         "command": " ".join(["dinseg calibrate --model", args.model, "--data", args.data, "--split", args.split]
@@ -168,7 +165,17 @@ def run_calibrate(args) -> int:
         "class_weights": calibration.class_weights, "mean_dice_before": round(calibration.dice_before, 4),
         "mean_dice_after": round(calibration.dice_after, 4)})
     card.metrics = {}  # they described the model without the weights: measure it again (dinseg evaluate)
-    card_path = card.save(output / f"{card.name}.json")
+    output.mkdir(parents=True, exist_ok=True)
+    weights_path, card_path = output / card.weights.file, output / f"{card.name}.json"
+    with atomic_output(weights_path) as temporary:
+        shutil.copyfile(card.weights_path, temporary)
+        if sha256_of(temporary) != card.weights.sha256:
+            raise ModelError(f"{card.weights_path}: its SHA-256 does not match the card")
+    try:
+        card.save(card_path)
+    except BaseException:
+        weights_path.unlink()  # no weights without their card
+        raise
     load_card(card_path)  # reads back and checks the weights it names
     names = ["background"] + [label.name for label in card.labels]
     print("| class | weight |\n|---|---|")
