@@ -17,12 +17,13 @@ BUNDLED = ("btcv-ct-light", "chaos-mr-light", "acdc-light")
 
 # Floors sit below what the shipped weights measured (README "Results"), leaving room for
 # CPU-to-CPU float differences but not for a broken pipeline.
-#: an unseen BTCV patient (validation split): measured mean Dice 0.894 (1.3.0)
+#: a BTCV patient as BTCV stores them: held out until 1.3.0 (measured mean Dice 0.894 then); 1.4.0
+#: trained on all 18 patients, so this now guards the pipeline on BTCV's storage, not generalisation
 CT_BTCV_PATIENT, CT_BTCV_MEAN_DICE_FLOOR = "btcv_0031", 0.85
 #: the bundled CT, another hospital and scanner (labels by TotalSegmentator): measured mean
-#: Dice 0.778, liver 0.893; stored at 0.7 mm and 1.0 mm on 512 x 512 grids, 0.776 and 0.763
+#: Dice 0.771, liver 0.879 (1.4.0); stored at 0.7 mm and 1.0 mm on 512 x 512 grids, 0.787 and 0.781
 CT_SAMPLE_MEAN_DICE_FLOOR, CT_SAMPLE_LIVER_DICE_FLOOR = 0.72, 0.85
-#: the same unseen BTCV patient cut tightly around its liver (4 held-out patients: mean liver Dice 0.930)
+#: the bundled CT cut tightly around its liver: measured liver Dice 0.906 (1.4.0)
 CT_CROP_LIVER_DICE_FLOOR = 0.85
 ROBUSTNESS_MARGIN = 0.05
 #: an unseen CHAOS patient (validation split): measured mean Dice 0.915
@@ -76,8 +77,8 @@ def _dice_on_shared_case(model: str, dataset: str, case_id: str):
                        volume.geometry.spacing[::-1])
 
 
-def test_ct_model_on_an_unseen_btcv_patient():
-    """A patient of the held-out split (never trained on), expert labels of the 8 organs."""
+def test_ct_model_on_a_btcv_patient():
+    """A BTCV patient (half resolution, HU clipped to -125..275), expert labels of the 8 organs."""
     dice = _dice_on_shared_case("btcv-ct-light", "btcv_synapse", CT_BTCV_PATIENT)
     assert np.nanmean(list(dice.values())) > CT_BTCV_MEAN_DICE_FLOOR, dice
 
@@ -105,14 +106,13 @@ def test_ct_model_holds_up_on_other_storage_of_the_same_anatomy():
 
 
 def test_ct_model_finds_the_liver_in_a_tight_crop():
-    """An unseen patient's CT cut to the liver's bounding box plus 15 mm, as a liver study might be."""
+    """The bundled CT (an unseen patient) cut to the liver's bounding box plus 15 mm, as a liver study might be."""
     from dinseg.bench import ct_variants
     from dinseg.geometry import Geometry
     from dinseg.io import ImageVolume
 
-    image, labels = shared_case("btcv_synapse", CT_BTCV_PATIENT)
     card = load_card(BUNDLED_MODELS / "btcv-ct-light" / "btcv-ct-light.json")
-    (crop, truth), = ct_variants(sitk.ReadImage(str(image)), sitk.ReadImage(str(labels)),
+    (crop, truth), = ct_variants(sitk.ReadImage(str(SAMPLE_CT)), sitk.ReadImage(str(SAMPLE_CT_LABELS)),
                                  names=("tight crop around the liver (+15 mm)",)).values()
     prediction = Segmenter(card, device="cpu").segment(
         ImageVolume(array=sitk.GetArrayFromImage(crop), geometry=Geometry.from_sitk(crop))).labels
