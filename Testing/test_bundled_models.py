@@ -28,13 +28,13 @@ CT_CROP_LIVER_DICE_FLOOR = 0.85
 ROBUSTNESS_MARGIN = 0.05
 #: an unseen CHAOS patient (validation split): measured mean Dice 0.915
 MR_CHAOS_PATIENT, MR_MEAN_DICE_FLOOR = "chaos_t2_34", 0.85
-#: three unseen ACDC patients of the validation split (ED and ES): measured mean Dice 0.922 (1.5.0)
+#: three unseen ACDC patients of the validation split (ED and ES): measured mean Dice 0.924 (1.5.0)
 CARDIAC_TEST_PATIENTS = (4, 11, 17)
 CARDIAC_MEAN_DICE_FLOOR = 0.87
-#: patient090's whole cine (unseen): LV EF 46.6 % from the model (1.5.0) against 44.9 % from the
-#: expert's ED/ES labels (measured error +1.7 points; 1.4.0 gave +2.6, 1.3.0 +8.5, 1.2.0 +7.5). One
+#: patient090's whole cine (unseen): LV EF 46.7 % from the model (1.5.0) against 44.9 % from the
+#: expert's ED/ES labels (measured error +1.8 points; 1.4.0 gave +2.6, 1.3.0 +8.5, 1.2.0 +7.5). One
 #: patient's error varies this much between versions; the issue's 4-point target is for the mean
-#: over patients (measured 5.5 on the 20 held-out ones, `dinseg evaluate`), so this guard sits wider
+#: over patients (measured 4.8 on the 20 held-out ones, `dinseg evaluate`), so this guard sits wider
 CARDIAC_EF_TOLERANCE = 9.0
 
 

@@ -65,12 +65,13 @@ def test_calibrate_corrects_the_cardiac_model_s_thick_myocardium_on_training_pat
     split.write_text(json.dumps({"train": ["patient001", "patient002"], "val": []}))
     output = tmp_path / "calibrated"
     assert main(["calibrate", "--model", "acdc-light", "--data", str(data), "--split-file", str(split),
-                 "--device", "cpu", "-o", str(output)]) == 0
+                 "--rotations", "1", "--device", "cpu", "-o", str(output)]) == 0
     card = load_card(output / "acdc-light.json")
     original = find_model("acdc-light")
     weights = card.postprocessing["class_weights"]
     record = card.training["calibration"]
     assert card.postprocessing["largest_component"] is True and len(weights) == 4 and weights[0] == 1.0
+    assert card.postprocessing["rotations"] == 1 and "--rotations 1" in card.training["calibration"]["command"]
     assert weights[2] < 1.0                                        # the myocardium, drawn too thick, is damped
     assert record["cases"] == 4 and record["mean_dice_after"] > record["mean_dice_before"]
     assert card.metrics == {} and sha256_of(card.weights_path) == original.weights.sha256
@@ -97,3 +98,7 @@ def test_calibrate_never_writes_over_the_model(tmp_path, capsys):
     assert main(["calibrate", "--model", "acdc-light", "--data", str(data), "--max-cases", "-1",
                  "-o", str(tmp_path / "out")]) == 2
     assert "--max-cases" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    # the MR model was trained with small rotations only: quarter turns would mislead it
+    assert main(["calibrate", "--model", "chaos-mr-light", "--data", str(data), "--rotations", "4",
+                 "-o", str(tmp_path / "out")]) == 2
+    assert "--rotations 1" in capsys.readouterr().err and not (tmp_path / "out").exists()

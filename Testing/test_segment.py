@@ -489,6 +489,9 @@ def test_models_list_and_show_fit_100_columns_and_show_the_whole_card(random_ct_
     assert max(len(line) for line in shown.splitlines()) <= 100
     assert f"sha256: {card.weights.sha256}" in shown and str(card.weights_path) in shown
     assert "DINSEG_HOME" in shown and "liver (SCT 10200004)" in shown
+    assert "test-time rotations" not in shown
+    assert main(["models", "show", "acdc-light"]) == 0                # the bundled cardiac card averages two
+    assert "softmax averaged over 2 test-time rotations" in capsys.readouterr().out
     assert main(["models", "show", "no-such-model"]) == 2
 
 

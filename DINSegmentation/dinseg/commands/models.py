@@ -52,6 +52,8 @@ def format_model_card(card) -> str:
                             f"{normalization.kind} {normalization.low:g}..{normalization.high:g}, "
                             f"enhancement {preprocessing.enhancement.method}")
     cleanup = [name.replace("_", " ") for name, on in card.postprocessing.items() if on is True]
+    if card.postprocessing.get("rotations", 1) > 1:
+        cleanup.append(f"softmax averaged over {card.postprocessing['rotations']} test-time rotations")
     if card.postprocessing.get("class_weights"):
         names = ["background"] + [label.name for label in card.labels]
         cleanup.append("class weights " + ", ".join(f"{name} {weight:g}" for name, weight in

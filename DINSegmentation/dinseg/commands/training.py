@@ -147,6 +147,8 @@ def run_calibrate(args) -> int:
     if args.max_cases < 0:
         raise InputError(f"--max-cases must be 0 (all) or more, got {args.max_cases}")
     card = find_model(args.model)
+    if args.rotations is not None:  # the weights are fitted for, and kept with, this test-time augmentation
+        card.postprocessing = dict(card.postprocessing, rotations=args.rotations)
     output = Path(args.output)
     if output.resolve() == card.path.parent.resolve():
         raise InputError(f"{output}: that is the model's own folder; write the calibrated card elsewhere")
@@ -160,6 +162,7 @@ def run_calibrate(args) -> int:
     card.training = dict(card.training, calibration={
         "command": " ".join(["dinseg calibrate --model", args.model, "--data", args.data, "--split", args.split]
                             + (["--split-file", args.split_file] if args.split_file else [])
+                            + (["--rotations", str(args.rotations)] if args.rotations is not None else [])
                             + ["--max-cases", str(args.max_cases), "-o", args.output]),
         "cases": calibration.cases,
         "class_weights": calibration.class_weights, "mean_dice_before": round(calibration.dice_before, 4),
@@ -254,6 +257,8 @@ def add_parsers(commands) -> None:
     calibrate.add_argument("--seed", type=int, default=0)
     calibrate.add_argument("--max-cases", type=int, default=40,
                            help="at most this many cases, evenly spread over the split (default: %(default)s; 0: all)")
+    calibrate.add_argument("--rotations", type=int, choices=(1, 2, 4), default=None,
+                           help="test-time rotations to fit the weights for, kept on the written card (default: the card's)")
     add_device_options(calibrate)
     calibrate.add_argument("-o", "--output", required=True, help="folder for the calibrated card and its weights")
     calibrate.set_defaults(handler=run_calibrate)
