@@ -546,3 +546,28 @@ def test_rotation_averaging_is_refused_for_a_model_trained_on_small_rotations(ra
     with pytest.raises(InputError, match="up to 20 degrees"):
         Segmenter(narrow, device="cpu", rotations=4)
     assert Segmenter(narrow, device="cpu", rotations=1).rotations == 1
+
+
+def test_reduced_precision_follows_the_device_and_keeps_the_labels(ct_crop, tmp_path, capsys):
+    """bfloat16 only on CPUs that compute it natively; the bundled CT model's labels barely move."""
+    from dinseg.errors import InputError
+    from dinseg.infer import half_precision_dtype
+    from dinseg.models import find_model
+
+    cpu = torch.device("cpu")
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert half_precision_dtype(cpu, "auto") == (torch.bfloat16 if native else None)
+    assert half_precision_dtype(cpu, "float32") is None
+    with pytest.raises(InputError, match="precision"):
+        half_precision_dtype(cpu, "float8")
+    card = find_model("btcv-ct-light")
+    volume = read_volume(ct_crop)
+    exact = Segmenter(card, device="cpu", precision="float32").segment(volume).labels
+    auto = Segmenter(card, device="cpu").segment(volume).labels
+    assert np.mean(exact == auto) > 0.995 and set(np.unique(exact)) == set(np.unique(auto))
+    out = tmp_path / "f32.nii.gz"
+    assert main(["segment", str(ct_crop), "-o", str(out), "--device", "cpu", "--precision", "float32"]) == 0
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), exact)
+    with pytest.raises(SystemExit):
+        main(["segment", str(ct_crop), "-o", str(tmp_path / "x.nii.gz"), "--precision", "half"])
+    assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()

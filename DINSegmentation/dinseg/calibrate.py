@@ -43,7 +43,8 @@ class _RecordedCase:
 
 
 def fit_class_weights(card, cases: Sequence, device: str = "cpu", rounds: int = 6,
-                      progress: Optional[Callable[[str, int, int], None]] = None) -> Calibration:
+                      progress: Optional[Callable[[str, int, int], None]] = None,
+                      precision: str = "auto") -> Calibration:
     """Search one weight per class (background fixed at 1) that maximises the mean Dice.
 
     cases: :class:`dinseg.data.CaseRecord` objects with labels (3D volumes). The segmentation is
@@ -53,7 +54,8 @@ def fit_class_weights(card, cases: Sequence, device: str = "cpu", rounds: int = 
 
     progress = progress or (lambda stage, done, total: None)
     record: list = []
-    segmenter = Segmenter(card, device=device, class_weights=[1.0] * card.num_classes, record=record)
+    segmenter = Segmenter(card, device=device, class_weights=[1.0] * card.num_classes, record=record,
+                          precision=precision)
     recorded: List[_RecordedCase] = []
     for index, case in enumerate(cases):
         volume, truth = case.load()

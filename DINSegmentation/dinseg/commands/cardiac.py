@@ -36,7 +36,7 @@ def _cardiac_labels(args):
             labels, geometry, _, infos = read_labels(source, card.labels)
         else:
             volume = read_volume(source)
-            segmenter = segmenter or Segmenter(card, device=args.device)
+            segmenter = segmenter or Segmenter(card, device=args.device, precision=args.precision)
             labels, geometry = segmenter.segment(volume).labels, volume.geometry
         frames += list(labels) if labels.ndim == 4 else [labels]
         geometries.append(geometry)

@@ -14,6 +14,9 @@ DEVICE_HELP = "auto (GPU if any), cpu, cuda, cuda:N (the N-th GPU) or mps (defau
 def add_device_options(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     parser.add_argument("--device", default=default, help=DEVICE_HELP)
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: PyTorch's, all cores)")
+    parser.add_argument("--precision", choices=("auto", "float32"), default="auto",
+                        help="network arithmetic: auto (float16 on CUDA, bfloat16 on CPUs that compute it natively, "
+                             "about twice as fast) or float32 (default: %(default)s)")
 
 
 def add_cleanup_options(parser: argparse.ArgumentParser) -> None:

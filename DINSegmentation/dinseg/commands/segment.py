@@ -132,7 +132,7 @@ class _Segmenters:
             self.made[key] = Segmenter(card, device=args.device, enhancement=enhancement,
                                        batch_size=args.batch_size, largest_component=args.largest_component,
                                        fill_holes=args.fill_holes, rotations=args.rotations,
-                                       progress=self.progress)
+                                       precision=args.precision, progress=self.progress)
         return self.made[key]
 
 

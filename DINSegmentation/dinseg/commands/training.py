@@ -120,7 +120,7 @@ def run_evaluate(args) -> int:
     cardiac = CardiacAgreement(card.labels) if any(phases.values()) and any(
         label.name == "left ventricle" for label in card.labels) else None
     segmenter = Segmenter(card, device=args.device, largest_component=args.largest_component,
-                          fill_holes=args.fill_holes, rotations=args.rotations)
+                          fill_holes=args.fill_holes, rotations=args.rotations, precision=args.precision)
     per_case = evaluate_cases(card, cases, segmenter=segmenter, on_case=cardiac.add if cardiac else None)
     if not per_case:
         raise InputError("no labelled case to evaluate")
@@ -157,7 +157,7 @@ def run_calibrate(args) -> int:
     cases = _dataset_cases(args, card)
     if args.max_cases and len(cases) > args.max_cases:
         cases = [cases[int(i)] for i in np.linspace(0, len(cases) - 1, args.max_cases).round()]
-    calibration = fit_class_weights(card, cases, device=args.device)
+    calibration = fit_class_weights(card, cases, device=args.device, precision=args.precision)
     card.postprocessing = dict(card.postprocessing, class_weights=calibration.class_weights)
     card.training = dict(card.training, calibration={
         "command": " ".join(["dinseg calibrate --model", args.model, "--data", args.data, "--split", args.split]
