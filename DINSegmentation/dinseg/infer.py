@@ -103,9 +103,19 @@ def half_precision_dtype(device, precision: str = "auto"):
         return None
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type == "cpu" and _cpu_computes_bfloat16():
         return torch.bfloat16
     return None
+
+
+def _cpu_computes_bfloat16() -> bool:
+    """oneDNN's own check for native bfloat16 (absent from some PyTorch builds: then no)."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def guess_modality(array: np.ndarray) -> str:
