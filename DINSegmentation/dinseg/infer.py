@@ -302,7 +302,7 @@ class Segmenter:
         """(z, h, w) labels in canonical orientation -> (z, y, x) labels on the input grid, cleaned up."""
         labels = np.ascontiguousarray(reorientation.from_canonical(canonical_labels))
         if self.largest_component or self.fill_holes:
-            labels = clean_labels(labels, self.largest_component, self.fill_holes)
+            labels = clean_labels(labels, self.largest_component, self.fill_holes, in_place=True)
         return labels
 
     def _predict_slab(self, slab: np.ndarray, bounds, model_shape, timer: StageTimer) -> np.ndarray:

@@ -2,43 +2,52 @@
 
 from __future__ import annotations
 
+from typing import Dict, Tuple
+
 import numpy as np
 
 
-def _bounding_box(mask: np.ndarray):
-    """Slices of the smallest box holding every True voxel of a (z, y, x) mask, or None."""
-    box = []
-    for axis in range(mask.ndim):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if present.size == 0:
-            return None
-        box.append(slice(present[0], present[-1] + 1))
-    return tuple(box)
+def label_boxes(labels: np.ndarray) -> Dict[int, Tuple[slice, slice, slice]]:
+    """{label: slices of the smallest box holding it} for every non-zero label of a (z, y, x)
+    integer array. One sweep of per-slice histograms finds the labels and their z-ranges; y and
+    x are then searched only inside each label's z-range, so no full-volume temporary is made."""
+    counts = [np.bincount(plane.ravel()) for plane in labels]
+    per_slice = np.zeros((len(counts), max((c.size for c in counts), default=1)), dtype=np.int64)
+    for index, count in enumerate(counts):
+        per_slice[index, :count.size] = count
+    boxes = {}
+    for value in np.flatnonzero(per_slice[:, 1:].any(axis=0)) + 1:
+        present = np.flatnonzero(per_slice[:, value])
+        depth = slice(present[0], present[-1] + 1)
+        mask = labels[depth] == value
+        rows = np.flatnonzero(mask.any(axis=(0, 2)))
+        columns = np.flatnonzero(mask.any(axis=(0, 1)))
+        boxes[int(value)] = (depth, slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+    return boxes
 
 
-def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes: bool = True) -> np.ndarray:
+def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes: bool = True,
+                 in_place: bool = False) -> np.ndarray:
     """Keep each label's largest 3D connected component and/or fill its enclosed holes.
 
-    labels: (z, y, x) integer array -> cleaned copy. Work is done inside each label's bounding
-    box, so a small organ in a large scan costs little. A filled hole only takes background
-    voxels, never another organ's.
+    labels: (z, y, x) integer array -> cleaned array (a copy, or ``labels`` itself with
+    ``in_place``). Work is done inside each label's bounding box, so a small organ in a large
+    scan costs little. A filled hole only takes background voxels, never another organ's.
     """
     import SimpleITK as sitk
 
-    cleaned = labels.copy()
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        box = _bounding_box(labels == value)
+    cleaned = labels if in_place else labels.copy()
+    for value, box in label_boxes(labels).items():
         region = cleaned[box]
         mask = region == value
         if largest_component:
-            components = sitk.GetArrayFromImage(sitk.RelabelComponent(
-                sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True), sortByObjectSize=True))
-            region[mask & (components != 1)] = 0
-            mask = components == 1
+            components = sitk.RelabelComponent(sitk.ConnectedComponent(
+                sitk.GetImageFromArray(mask.view(np.uint8)), True), sortByObjectSize=True)
+            largest = sitk.GetArrayViewFromImage(components) == 1  # components stays alive meanwhile
+            region[mask & ~largest] = 0
+            mask = largest
         if fill_holes:
-            filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(mask.astype(np.uint8)),
-                                                                True, 1)).astype(bool)
+            filled_image = sitk.BinaryFillhole(sitk.GetImageFromArray(mask.view(np.uint8)), True, 1)
+            filled = sitk.GetArrayViewFromImage(filled_image).view(bool)
             region[filled & (region == 0)] = value
     return cleaned

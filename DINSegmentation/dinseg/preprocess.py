@@ -143,9 +143,15 @@ class Normalization:
 def normalize(array, bounds: Tuple[float, float]):
     """Map intensities to [0, 1] with clipping; numpy arrays and torch tensors alike (float32)."""
     low, high = bounds
-    scaled = (array.astype(np.float32) if isinstance(array, np.ndarray) else array.float()) - low
-    scaled = scaled / (high - low)
-    return np.clip(scaled, 0.0, 1.0) if isinstance(array, np.ndarray) else scaled.clamp_(0.0, 1.0)
+    if isinstance(array, np.ndarray):
+        scaled = array.astype(np.float32)  # always a copy: the steps below work in place
+        scaled -= low
+        scaled /= high - low
+        return np.clip(scaled, 0.0, 1.0, out=scaled)
+    import torch
+
+    scaled = array.to(torch.float32, copy=True)
+    return scaled.sub_(low).div_(high - low).clamp_(0.0, 1.0)
 
 
 @dataclass
