@@ -161,7 +161,7 @@ def read_volume(path) -> ImageVolume:
         raise InputError(f"{path}: no such file or folder")
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty (0 bytes)")
-    sitk = _sitk()
+    _sitk()  # ITK's own warnings off before anything reads the file
     if path.name.lower().endswith((".nii", ".nii.gz")):
         check_nifti_payload(path)
     try:
@@ -177,7 +177,7 @@ def read_volume(path) -> ImageVolume:
         raise InputError(f"{path}: is a 2D image; a 3D volume or a 4D time series is needed")
     if dimension > 4:
         raise InputError(f"{path}: has {dimension} dimensions; 3D or 4D is supported")
-    array = sitk.GetArrayFromImage(image)
+    array = pixel_array(image)
     frame_spacing = None
     if dimension == 4:
         geometry = Geometry.from_sitk(image)
@@ -195,6 +195,23 @@ def read_volume(path) -> ImageVolume:
     check_voxels(array, str(path))
     return ImageVolume(array=array, geometry=geometry, modality=modality, frame_spacing=frame_spacing,
                        source_files=source_files)
+
+
+class _PixelMemory:
+    """A SimpleITK image's pixel memory as numpy's array interface; arrays made from it keep the
+    image alive (SimpleITK's own view does not)."""
+
+    def __init__(self, image):
+        self.image = image
+        interface = dict(_sitk().GetArrayViewFromImage(image).__array_interface__)
+        interface["data"] = (interface["data"][0], False)  # writable: the image is ours alone
+        self.__array_interface__ = interface
+
+
+def pixel_array(image) -> np.ndarray:
+    """A SimpleITK image's voxels as a writable (z, y, x) or (t, z, y, x) numpy array without a
+    copy; the image lives as long as the array or any view of it."""
+    return np.asarray(_PixelMemory(image))
 
 
 def check_nifti_payload(path: Path) -> None:
