@@ -222,7 +222,7 @@ def write_dicom_series(image, folder: Path, modality: str = "CT") -> List[Path]:
     return files
 
 
-def segment_rows(slice_counts: List[int], model: str, device: str, threads: int) -> List[Dict]:
+def segment_rows(slice_counts: List[int], model: str, device: str, threads: int, precision: str = "auto") -> List[Dict]:
     """Run ``dinseg segment`` in a fresh process per volume size; per-stage seconds and peak memory."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -232,7 +232,7 @@ def segment_rows(slice_counts: List[int], model: str, device: str, threads: int)
             output = Path(folder) / f"ct_{slices}.seg.nrrd"
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             command = [sys.executable, "-c", _MEASURE, str(source), "-o", str(output), "--model", model,
-                       "--device", device]
+                       "--device", device, "--precision", precision]
             result = subprocess.run(command, capture_output=True, text=True, env=env)
             if result.returncode != 0:
                 raise RuntimeError(result.stderr.strip().splitlines()[-1])
@@ -296,7 +296,7 @@ def format_dicom_seg_table(rows: List[Dict], slices: int, model: str) -> str:
             f"{rows[0]['segment_s']:.1f} s\n\n" + markdown_table(header, table))
 
 
-def format_segment_table(rows: List[Dict], model: str, device: str, threads: int) -> str:
+def format_segment_table(rows: List[Dict], model: str, device: str, threads: int, precision: str = "auto") -> str:
     stages = list(rows[0]["seconds"])
     header = ["slices (512x512, 0.7 mm)"] + [f"{stage} (s)" for stage in stages] + \
              ["total (s)", "outside network", "peak RSS (GB)"]
@@ -307,7 +307,7 @@ def format_segment_table(rows: List[Dict], model: str, device: str, threads: int
         outside = (total - seconds["network"]) / total
         table.append([str(row["slices"])] + [f"{seconds[s]:.2f}" for s in stages] +
                      [f"{total:.2f}", f"{100 * outside:.0f} %", f"{row['peak_rss_gb']:.2f}"])
-    return f"model {model}, device {device}, {threads} thread(s)\n\n" + markdown_table(header, table)
+    return f"model {model}, device {device}, {threads} thread(s), precision {precision}\n\n" + markdown_table(header, table)
 
 
 def _resample_pair(image, labels, size, spacing, direction, origin, fill: float = -1024):

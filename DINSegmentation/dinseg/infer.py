@@ -19,6 +19,7 @@ from .errors import InputError
 from .geometry import Geometry
 from .io import ImageVolume
 from .models import ModelCard, load_network
+from .nets.config import PRECISIONS
 from .postprocess import clean_labels
 from .preprocess import labels_at_size, neighbour_indices, to_model_grid, with_neighbours
 
@@ -84,8 +85,6 @@ def resolve_device(device: str = "auto"):
         raise InputError("--device mps: Apple MPS is not available here")
     return torch.device(device)
 
-
-PRECISIONS = ("auto", "float32")
 
 
 def half_precision_dtype(device, precision: str = "auto"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import DEVICE_HELP
+from .common import DEVICE_HELP, add_precision_option
 
 
 def run_bench_model(args) -> int:
@@ -19,8 +19,8 @@ def run_bench_model(args) -> int:
 def run_bench_segment(args) -> int:
     from ..bench import format_segment_table, segment_rows
 
-    rows = segment_rows(args.slices, args.model, args.device, args.threads)
-    print(format_segment_table(rows, args.model, args.device, args.threads))
+    rows = segment_rows(args.slices, args.model, args.device, args.threads, args.precision)
+    print(format_segment_table(rows, args.model, args.device, args.threads, args.precision))
     return 0
 
 
@@ -62,6 +62,7 @@ def add_parsers(commands) -> None:
     bench_segment.add_argument("--model", default="btcv-ct-light", help="model name or card path")
     bench_segment.add_argument("--device", default="cpu", help=DEVICE_HELP)
     bench_segment.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    add_precision_option(bench_segment)
     bench_segment.set_defaults(handler=run_bench_segment)
 
     bench_dicom_seg = commands.add_parser("bench-dicom-seg",

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
+from ..nets.config import PRECISIONS
 from ..samples import resolve_input
 
 DEVICE_HELP = "auto (GPU if any), cpu, cuda, cuda:N (the N-th GPU) or mps (default: %(default)s)"
@@ -14,7 +15,11 @@ DEVICE_HELP = "auto (GPU if any), cpu, cuda, cuda:N (the N-th GPU) or mps (defau
 def add_device_options(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     parser.add_argument("--device", default=default, help=DEVICE_HELP)
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: PyTorch's, all cores)")
-    parser.add_argument("--precision", choices=("auto", "float32"), default="auto",
+    add_precision_option(parser)
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="network arithmetic: auto (float16 on CUDA, bfloat16 on CPUs that compute it natively, "
                              "about twice as fast) or float32 (default: %(default)s)")
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
 FUSION_VARIANTS = ("single", "concat", "difm")
+#: network arithmetic at inference: "auto" (float16 on CUDA, bfloat16 on CPUs that compute it
+#: natively) or "float32"
+PRECISIONS = ("auto", "float32")
 
 
 @dataclass
