@@ -9,20 +9,18 @@ import numpy as np
 
 def label_boxes(labels: np.ndarray) -> Dict[int, Tuple[slice, slice, slice]]:
     """{label: slices of the smallest box holding it} for every non-zero label of a (z, y, x)
-    integer array. One sweep of per-slice histograms finds the labels and their z-ranges; y and
-    x are then searched only inside each label's z-range, so no full-volume temporary is made."""
-    counts = [np.bincount(plane.ravel()) for plane in labels]
-    per_slice = np.zeros((len(counts), max((c.size for c in counts), default=1)), dtype=np.int64)
-    for index, count in enumerate(counts):
-        per_slice[index, :count.size] = count
+    integer array, from one multi-threaded pass of ITK's label shape statistics."""
+    import SimpleITK as sitk
+
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.ComputePerimeterOff()
+    shape.ComputeFeretDiameterOff()
+    shape.ComputeOrientedBoundingBoxOff()
+    shape.Execute(sitk.GetImageFromArray(labels))
     boxes = {}
-    for value in np.flatnonzero(per_slice[:, 1:].any(axis=0)) + 1:
-        present = np.flatnonzero(per_slice[:, value])
-        depth = slice(present[0], present[-1] + 1)
-        mask = labels[depth] == value
-        rows = np.flatnonzero(mask.any(axis=(0, 2)))
-        columns = np.flatnonzero(mask.any(axis=(0, 1)))
-        boxes[int(value)] = (depth, slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+    for value in shape.GetLabels():
+        x, y, z, width, height, depth = shape.GetBoundingBox(value)
+        boxes[int(value)] = (slice(z, z + depth), slice(y, y + height), slice(x, x + width))
     return boxes
 
 

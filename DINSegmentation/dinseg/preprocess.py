@@ -278,8 +278,9 @@ def labels_at_size(probabilities, shape: Tuple[int, int], chunk: int = 1 << 20):
     below = torch.cat([coarse[:, 1:], coarse[:, -1:]], dim=1)
     below_right = torch.cat([right[:, 1:], right[:, -1:]], dim=1)
     uniform = (coarse == right) & (coarse == below) & (coarse == below_right)     # (B, h, w)
-    # one gather of label * 2 + mixed from the coarse grid (in int16: one pass, half the bytes)
-    code = (coarse * 2 + (~uniform)).to(torch.int16).flatten(1)                 # (B, h * w)
+    # one gather of label * 2 + mixed from the coarse grid, in the smallest integer that holds it
+    code_type = torch.uint8 if probabilities.shape[1] <= 128 else torch.int16
+    code = (coarse * 2 + (~uniform)).to(code_type).flatten(1)                   # (B, h * w)
     source_pixel = (rows[:, None] * width + columns[None, :]).flatten()           # (H * W,)
     code = code[:, source_pixel].view(-1, *shape)                                 # (B, H, W)
     labels = code >> 1
