@@ -28,13 +28,16 @@ CT_CROP_LIVER_DICE_FLOOR = 0.85
 ROBUSTNESS_MARGIN = 0.05
 #: an unseen CHAOS patient (validation split): measured mean Dice 0.915
 MR_CHAOS_PATIENT, MR_MEAN_DICE_FLOOR = "chaos_t2_34", 0.85
-#: three unseen ACDC patients of the validation split (ED and ES): measured mean Dice 0.924 (1.5.0)
+#: three ACDC patients of the validation split (ED and ES): held out until 1.5.0 (measured mean Dice
+#: 0.924 then); 1.6.0 trained on all 100 (0.927 here), so this guards the pipeline on ACDC's
+#: storage, not generalisation (README gives the recipe's held-out figures)
 CARDIAC_TEST_PATIENTS = (4, 11, 17)
 CARDIAC_MEAN_DICE_FLOOR = 0.87
-#: patient090's whole cine (unseen): LV EF 46.7 % from the model (1.5.0) against 44.9 % from the
-#: expert's ED/ES labels (measured error +1.8 points; 1.4.0 gave +2.6, 1.3.0 +8.5, 1.2.0 +7.5). One
-#: patient's error varies this much between versions; the issue's 4-point target is for the mean
-#: over patients (measured 4.8 on the 20 held-out ones, `dinseg evaluate`), so this guard sits wider
+#: patient090's whole cine (held out until 1.5.0, trained on since 1.6.0): LV EF 46.7 % from the
+#: model (1.5.0 and 1.6.0) against 44.9 % from the expert's ED/ES labels (1.4.0 gave +2.6 points,
+#: 1.3.0 +8.5, 1.2.0 +7.5). One patient's error varies this much between versions; the issue's
+#: 4-point target is for the mean over patients (the recipe: 4.8 on the 20 held-out ones, `dinseg
+#: evaluate`), so this guard sits wider
 CARDIAC_EF_TOLERANCE = 9.0
 
 
@@ -132,8 +135,8 @@ def test_each_abdominal_image_gets_the_model_of_its_modality():
     assert model_for(read_volume(SAMPLE_MR))[0].name == "chaos-mr-light"
 
 
-def test_cardiac_model_on_unseen_acdc_patients():
-    """Patients of the held-out split (never trained on), ED and ES frames, expert labels."""
+def test_cardiac_model_on_acdc_patients():
+    """Patients of the recipe's held-out split, ED and ES frames as ACDC stores them, expert labels."""
     card = load_card(BUNDLED_MODELS / "acdc-light" / "acdc-light.json")
     segmenter = Segmenter(card, device="cpu")
     means = []
@@ -146,7 +149,7 @@ def test_cardiac_model_on_unseen_acdc_patients():
     assert np.mean(means) > CARDIAC_MEAN_DICE_FLOOR, means
 
 
-def test_cardiac_function_of_an_unseen_cine_agrees_with_the_expert():
+def test_cardiac_function_of_a_cine_agrees_with_the_expert():
     """patient090's whole 4D cine: ED and ES found, LV EF close to the expert labels' EF."""
     from dinseg.cardiac import cardiac_function
 
