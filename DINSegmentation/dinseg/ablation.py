@@ -44,7 +44,7 @@ class AblationPlan:
     device: Optional[str] = None
 
     def base_config(self):
-        from .train import TrainConfig
+        from .training_config import TrainConfig
 
         if isinstance(self.config, TrainConfig):
             return self.config

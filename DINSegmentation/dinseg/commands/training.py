@@ -18,7 +18,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (--batch-size 4, --spacing 1.5 1.5, --enhancement '{"method": "gamma"}')."""
     import dataclasses
 
-    from ..train import TrainConfig
+    from ..training_config import TrainConfig
 
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -39,7 +39,7 @@ def training_config(args):
     """The config file (if any) with every flag given on the command line applied on top."""
     import dataclasses
 
-    from ..train import TrainConfig
+    from ..training_config import TrainConfig
 
     data = {}
     if args.config:
