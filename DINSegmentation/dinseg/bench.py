@@ -233,11 +233,13 @@ def segment_rows(slice_counts: List[int], model: str, device: str, threads: int,
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             command = [sys.executable, "-c", _MEASURE, str(source), "-o", str(output), "--model", model,
                        "--device", device, "--precision", precision]
+            started = time.perf_counter()
             result = subprocess.run(command, capture_output=True, text=True, env=env)
+            process_seconds = time.perf_counter() - started
             if result.returncode != 0:
                 raise RuntimeError(result.stderr.strip().splitlines()[-1])
             events = {event["event"]: event for event in map(json.loads, result.stdout.strip().splitlines())}
-            rows.append({"slices": slices, "seconds": events["done"]["seconds"],
+            rows.append({"slices": slices, "seconds": events["done"]["seconds"], "process_s": process_seconds,
                          "peak_rss_gb": events["peak"]["bytes"] / 1e9})
     return rows
 
@@ -299,15 +301,16 @@ def format_dicom_seg_table(rows: List[Dict], slices: int, model: str) -> str:
 def format_segment_table(rows: List[Dict], model: str, device: str, threads: int, precision: str = "auto") -> str:
     stages = list(rows[0]["seconds"])
     header = ["slices (512x512, 0.7 mm)"] + [f"{stage} (s)" for stage in stages] + \
-             ["total (s)", "outside network", "peak RSS (GB)"]
+             ["total (s)", "outside network", "process (s)", "peak RSS (GB)"]
     table = []
     for row in rows:
         seconds = row["seconds"]
         total = sum(seconds.values())
         outside = (total - seconds["network"]) / total
         table.append([str(row["slices"])] + [f"{seconds[s]:.2f}" for s in stages] +
-                     [f"{total:.2f}", f"{100 * outside:.0f} %", f"{row['peak_rss_gb']:.2f}"])
-    return f"model {model}, device {device}, {threads} thread(s), precision {precision}\n\n" + markdown_table(header, table)
+                     [f"{total:.2f}", f"{100 * outside:.0f} %", f"{row['process_s']:.2f}", f"{row['peak_rss_gb']:.2f}"])
+    return (f"model {model}, device {device}, {threads} thread(s), precision {precision}; total: the stages' sum; "
+            "process: the whole command, Python's start and imports included\n\n" + markdown_table(header, table))
 
 
 def _resample_pair(image, labels, size, spacing, direction, origin, fill: float = -1024):

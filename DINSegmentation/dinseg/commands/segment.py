@@ -193,7 +193,8 @@ def _write_result(output: Path, volume, result, card) -> None:
 
 
 def _segment_one(args) -> int:
-    from ..infer import StageTimer, check_modality
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..io import check_output_path, read_volume
 
     output = check_output_path(args.output)
@@ -206,11 +207,21 @@ def _segment_one(args) -> int:
     source = resolve_input(args.inputs[0])
     if not source.exists():
         raise InputError(f"{source}: no such file or folder")
-    progress = ProgressReporter(args.progress or ("bar" if sys.stderr.isatty() else "none"))
-    segmenters = _Segmenters(args, progress)
-    timer = StageTimer()
-    with timer.stage("read"):
-        volume = read_volume(source)
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        reading = reader.submit(read_volume, source)  # while PyTorch is imported, which takes longer
+        from ..infer import StageTimer
+
+        progress = ProgressReporter(args.progress or ("bar" if sys.stderr.isatty() else "none"))
+        segmenters = _Segmenters(args, progress)
+        timer = StageTimer()
+        with timer.stage("read"):  # the wait that is left
+            volume = reading.result()
+    return _segment_read_volume(args, output, volume, segmenters, progress, timer)
+
+
+def _segment_read_volume(args, output: Path, volume, segmenters, progress, timer) -> int:
+    from ..infer import check_modality
+
     card = segmenters.card_for(volume)
     with timer.stage("load model"):
         segmenter = segmenters.get(card)
