@@ -432,6 +432,15 @@ def test_batch_segments_each_case_once_reports_failures_and_skips_existing(rando
                  "--model", str(random_ct_model), "--device", "cpu", "--format", "nii.gz", "--skip-existing"]) == 0
     assert "2 skipped, 0 failed" in capsys.readouterr().err
     assert (out / "first.nii.gz").stat().st_mtime_ns == before
+    # a new case after two to skip: each case read ahead of its turn, the lines still in order
+    sitk.WriteImage(sitk.ReadImage(str(ct_crop))[:, :, 4:12], str(cases / "third.nii.gz"))
+    assert main(["segment", str(cases), "-o", str(out), "--model", str(random_ct_model), "--device", "cpu",
+                 "--format", "nii.gz", "--skip-existing"]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["[1/3] first", "[2/3] second", "[3/3] third"]
+    assert "skipped" in lines[0] and "skipped" in lines[1] and "wrote" in lines[2]
+    assert lines[-1].endswith("1 of 3 case(s) segmented into " + str(out) + ", 2 skipped, 0 failed")
+    assert (out / "third.nii.gz").is_file()
 
 
 def test_batch_refuses_two_cases_with_one_output_name(random_ct_model, ct_crop, tmp_path, capsys):
