@@ -64,8 +64,9 @@ def _reuse_freed_memory() -> None:
 
     By default glibc maps every block over 32 MB afresh and unmaps it when freed, so each
     forward pass on a CPU touches new pages for its large activations: on a 2-core virtual
-    machine that doubled the network's time (``dinseg bench-segment``). A command is a short
-    process, so holding its peak memory until it exits costs nothing. Other C libraries: no-op.
+    machine that doubled the network's time (``dinseg bench-segment``). The memory stays with
+    the process for reuse (a higher peak, in README) and goes back when it exits; commands are
+    short, and the long ones (train, web) reuse it. Other C libraries: no-op.
     """
     import ctypes
     import platform
