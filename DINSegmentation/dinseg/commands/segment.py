@@ -209,19 +209,13 @@ def _segment_one(args) -> int:
         raise InputError(f"{source}: no such file or folder")
     with ThreadPoolExecutor(max_workers=1) as reader:
         reading = reader.submit(read_volume, source)  # while PyTorch is imported, which takes longer
-        from ..infer import StageTimer
+        from ..infer import StageTimer, check_modality
 
         progress = ProgressReporter(args.progress or ("bar" if sys.stderr.isatty() else "none"))
         segmenters = _Segmenters(args, progress)
         timer = StageTimer()
         with timer.stage("read"):  # the wait that is left
             volume = reading.result()
-    return _segment_read_volume(args, output, volume, segmenters, progress, timer)
-
-
-def _segment_read_volume(args, output: Path, volume, segmenters, progress, timer) -> int:
-    from ..infer import check_modality
-
     card = segmenters.card_for(volume)
     with timer.stage("load model"):
         segmenter = segmenters.get(card)
