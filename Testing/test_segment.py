@@ -533,7 +533,7 @@ def test_rotation_averaging_is_exact_for_one_rotation_and_changes_little_otherwi
     assert np.array_equal(Segmenter(card, device="cpu", rotations=1).segment(volume).labels, plain)
     averaged = Segmenter(card, device="cpu", rotations=4).segment(volume).labels
     assert averaged.shape == plain.shape and not np.array_equal(averaged, plain)  # random weights: not invariant
-    with pytest.raises(InputError, match="1, 2 or 4"):
+    with pytest.raises(InputError, match="one of 1, 2, 4"):
         Segmenter(card, device="cpu", rotations=3)
     four = Segmenter(card, device="cpu", rotations=4)  # averaging over all quarter turns commutes with them
     slices, enhanced = torch.rand(2, 1, 64, 96), torch.rand(2, 1, 64, 96)

@@ -19,7 +19,7 @@ from .errors import InputError
 from .geometry import Geometry
 from .io import ImageVolume
 from .models import ModelCard, load_network
-from .nets.config import PRECISIONS
+from .nets.config import PRECISIONS, TEST_TIME_ROTATIONS
 from .postprocess import clean_labels
 from .preprocess import labels_at_size, neighbour_indices, to_model_grid, with_neighbours
 
@@ -228,8 +228,9 @@ class Segmenter:
                                       if largest_component is None else largest_component)
         self.fill_holes = bool(defaults.get("fill_holes", False) if fill_holes is None else fill_holes)
         self.rotations = int(defaults.get("rotations", 1) if rotations is None else rotations)
-        if self.rotations not in (1, 2, 4):
-            raise InputError(f"test-time rotations must be 1, 2 or 4, got {self.rotations}")
+        if self.rotations not in TEST_TIME_ROTATIONS:
+            raise InputError(f"test-time rotations must be one of {', '.join(map(str, TEST_TIME_ROTATIONS))}, "
+                             f"got {self.rotations}")
         trained_degrees = card.training.get("config", {}).get("augmentation", {}).get("rotate_degrees")
         if self.rotations > 1 and trained_degrees is not None and float(trained_degrees) < 90:
             raise InputError(f"{card.name} was trained with rotations up to {trained_degrees:g} degrees only: "

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from ..nets.config import PRECISIONS
+from ..nets.config import PRECISIONS, TEST_TIME_ROTATIONS
 from ..samples import resolve_input
 
 DEVICE_HELP = "auto (GPU if any), cpu, cuda, cuda:N (the N-th GPU) or mps (default: %(default)s)"
@@ -30,7 +30,7 @@ def add_cleanup_options(parser: argparse.ArgumentParser) -> None:
                         help=f"keep each structure's largest 3D component {default}")
     parser.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
                         help=f"fill holes enclosed by a structure {default}")
-    parser.add_argument("--rotations", type=int, choices=(1, 2, 4), default=None,
+    parser.add_argument("--rotations", type=int, choices=TEST_TIME_ROTATIONS, default=None,
                         help=f"test-time augmentation: average over this many 90-degree in-plane rotations {default}")
 
 

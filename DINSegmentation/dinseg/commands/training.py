@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..nets.config import TEST_TIME_ROTATIONS
 from .common import DEVICE_HELP, add_cleanup_options, add_device_options
 
 log = logging.getLogger("dinseg")
@@ -257,7 +258,7 @@ def add_parsers(commands) -> None:
     calibrate.add_argument("--seed", type=int, default=0)
     calibrate.add_argument("--max-cases", type=int, default=40,
                            help="at most this many cases, evenly spread over the split (default: %(default)s; 0: all)")
-    calibrate.add_argument("--rotations", type=int, choices=(1, 2, 4), default=None,
+    calibrate.add_argument("--rotations", type=int, choices=TEST_TIME_ROTATIONS, default=None,
                            help="test-time rotations to fit the weights for, kept on the written card (default: the card's)")
     add_device_options(calibrate)
     calibrate.add_argument("-o", "--output", required=True, help="folder for the calibrated card and its weights")

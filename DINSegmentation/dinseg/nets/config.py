@@ -11,6 +11,8 @@ FUSION_VARIANTS = ("single", "concat", "difm")
 #: network arithmetic at inference: "auto" (float16 on CUDA, bfloat16 on CPUs that compute it
 #: natively) or "float32"
 PRECISIONS = ("auto", "float32")
+#: test-time augmentation: the softmax averaged over this many in-plane quarter turns
+TEST_TIME_ROTATIONS = (1, 2, 4)
 
 
 @dataclass
