@@ -350,7 +350,7 @@ def test_a_one_slice_model_starts_a_2_5d_model_that_sees_the_neighbours(phantom,
     flat_card, wide_card = load_card(flat["last_card"]), load_card(wide["last_card"])
     assert (wide_card.network.in_channels, wide_card.preprocessing.context_slices) == (3, 1)
     volume = read_volume(phantom / "patient001" / "patient001_frame01.nii.gz")
-    # exact comparisons in float32 (bfloat16 kernels may round differently with the batch size)
+    # exact comparisons in float32, spelled out (on a GPU the default would be float16)
     # the neighbours' weights start at zero: the 2.5D model labels exactly as the one-slice model did
     assert np.array_equal(Segmenter(flat_card, device="cpu", precision="float32").segment(volume).labels,
                           Segmenter(wide_card, device="cpu", precision="float32").segment(volume).labels)

@@ -90,9 +90,9 @@ def resolve_device(device: str = "auto"):
 def half_precision_dtype(device, precision: str = "auto"):
     """The reduced-precision dtype the network runs in on ``device``, or None for float32.
 
-    'auto': float16 on CUDA; bfloat16 on a CPU that computes it natively (oneDNN's bfloat16
-    support: AVX-512 BF16 or AMX), where it about halves the time; float32 elsewhere (MPS, and
-    CPUs that would only emulate it, slower than float32). 'float32': always float32.
+    'auto': float16 on CUDA; float32 on CPUs and MPS. bfloat16 on CPUs is not used: it about
+    halved the time on AVX-512 BF16, but oneDNN's AMX kernels (PyTorch 2.13) moved labels far
+    enough to cost the MR model 0.14 Dice on a CHAOS patient. 'float32': always float32.
     """
     import torch
 
@@ -102,19 +102,7 @@ def half_precision_dtype(device, precision: str = "auto"):
         return None
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and _cpu_computes_bfloat16():
-        return torch.bfloat16
     return None
-
-
-def _cpu_computes_bfloat16() -> bool:
-    """oneDNN's own check for native bfloat16 (absent from some PyTorch builds: then no)."""
-    import torch
-
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def guess_modality(array: np.ndarray) -> str:
@@ -207,7 +195,7 @@ class Segmenter:
     before the arg-max, a prior correction fitted by ``dinseg calibrate`` (None: the card's
     ``postprocessing["class_weights"]``, default none). record: a list to which every batch's
     (B, K, h, w) probabilities on the model grid and its (H, W) slice shape are appended.
-    precision: 'auto' (float16 on CUDA, bfloat16 on CPUs that compute it natively) or 'float32'.
+    precision: 'auto' (float16 on CUDA, float32 on CPUs) or 'float32'.
     """
 
     def __init__(self, card: ModelCard, device: str = "auto", enhancement: Optional[EnhanceConfig] = None,

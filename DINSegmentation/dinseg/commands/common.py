@@ -20,8 +20,8 @@ def add_device_options(parser: argparse.ArgumentParser, default: str = "auto") -
 
 def add_precision_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="network arithmetic: auto (float16 on CUDA, bfloat16 on CPUs that compute it natively, "
-                             "about twice as fast) or float32 (default: %(default)s)")
+                        help="network arithmetic: auto (float16 on CUDA, float32 on CPUs) or float32 "
+                             "(default: %(default)s)")
 
 
 def add_cleanup_options(parser: argparse.ArgumentParser) -> None:

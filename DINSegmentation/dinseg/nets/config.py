@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
 FUSION_VARIANTS = ("single", "concat", "difm")
-#: network arithmetic at inference: "auto" (float16 on CUDA, bfloat16 on CPUs that compute it
-#: natively) or "float32"
+#: network arithmetic at inference: "auto" (float16 on CUDA, float32 elsewhere) or "float32"
 PRECISIONS = ("auto", "float32")
 #: test-time augmentation: the softmax averaged over this many in-plane quarter turns
 TEST_TIME_ROTATIONS = (1, 2, 4)
