@@ -1,7 +1,7 @@
 """DIN Segmentation: organ segmentation in 3D Slicer with the Dual Interaction Network.
 
-The work is done by the ``dinseg`` engine next to this file: ``dinseg.mrml`` holds the MRML
-logic (tested headless against slicer-core), ``dinseg.cli`` runs the network in a child
+The work is done by the ``dinseg`` engine next to this file: ``dinseg.slicer.logic`` holds the MRML
+logic (tested headless against slicer-core), ``dinseg.apps.cli`` runs the network in a child
 process for the GUI. This file is Slicer's scripted-module shell: module description,
 parameter node, widget, logic wrapper and self-test. Python 3.9 syntax (Slicer 5.8); nothing
 heavy is imported at load time (torch, SimpleITK and the engine are imported on first use).
@@ -29,9 +29,6 @@ DEVICE_CHOICES = ["auto", "cpu", "cuda"]
 ENHANCEMENT_CHOICES = ["model default", "none", "clahe", "gamma", "unsharp"]
 #: parameters the widget synchronises itself (the model list is only known at run time)
 MANUALLY_SYNCED_PARAMETERS = ("model",)
-#: Python packages that training needs beyond what Slicer bundles: (import name, requirement)
-TRAINING_PACKAGES = (("monai", "monai>=1.3"), ("scipy", "scipy>=1.8"), ("yaml", "PyYAML>=6"), ("h5py", "h5py>=3"))
-TORCH_REQUIREMENT = ">=2.1"
 
 #: bundled sample images (TotalSegmentator test data, Apache-2.0): (sample name, file, SHA-256)
 SAMPLES = (
@@ -69,8 +66,9 @@ sequence; with the cardiac model, the LV and RV volumes, ejection fractions and 
 as a table and a volume curve. Each new input volume gets the installed model for its modality and
 anatomy (CT, abdominal MR, short-axis cine); you may choose another. Without a GPU, segmentation runs
 on the CPU.</p>
-<p>Scripting: <code>slicer.util.getModuleLogic("DINSegmentation").segment(volumeNode)</code> (model chosen for the volume, or <code>model="NAME"</code>);
-training: <code>...train("config.yaml")</code>. Documentation:
+<p>Scripting: <code>logic = slicer.util.getModuleLogic("DINSegmentation")</code>, then
+<code>logic.mrml.segmentation.segment(volumeNode)</code> (the model chosen for the volume; a
+<code>dinseg.SegmentOptions(model="NAME")</code> as second argument chooses another). Documentation:
 <a href="https://github.com/dinsegmentation/SlicerDINSegmentation">github.com/dinsegmentation/SlicerDINSegmentation</a>.</p>
 <p><b>Please cite:</b> Noh, Jeon and Park, "Dual Interaction Network with Cross-Image Attention for Medical
 Image Segmentation", Pattern Recognition Letters 197 (2025) 332-338,
@@ -109,7 +107,7 @@ def registerSampleData():
 
     category = "DIN Segmentation"
     if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):  # Slicer 5.12+
-        SampleData.SampleDataLogic.registerCustomSampleDataCategory(category, _("DIN Segmentation"))
+        SampleData.SampleDataLogic.registerCustomSampleDataCategory(category, title=_("DIN Segmentation"))
     thumbnail = os.path.join(MODULE_DIR, "Resources", "Icons", "DINSegmentation.png")
     for sampleName, fileName, sha256 in SAMPLES:
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
@@ -126,9 +124,10 @@ def registerSampleData():
 
 def loadTerminology():
     """Load our SegmentationCategoryTypeModifier-DINSegmentation.term.json into the Terminologies logic."""
-    from dinseg.mrml import DINSegmentationMRMLLogic
+    from dinseg.slicer.logic import DINSegmentationMRMLLogic
 
-    return DINSegmentationMRMLLogic(slicer.mrmlScene).load_terminology(slicer.modules.terminologies.logic())
+    return DINSegmentationMRMLLogic(slicer.mrmlScene).segmentation.load_terminology(
+        slicer.modules.terminologies.logic())
 
 
 #
@@ -212,7 +211,7 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.cancelJob()
+        self.cancelJob(kill=True)
         self.removeObservers()
 
     def enter(self) -> None:
@@ -227,11 +226,11 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.cancelJob()
+        self.cancelJob(kill=True)
         self.setParameterNode(None)
         self._result = None
         self._previewNode = None
-        self.logic.forget_undo()
+        self.logic.mrml.segmentation.forget_undo()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -304,7 +303,7 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if volume is None or importlib.util.find_spec("torch") is None:
             return
         try:
-            self._parameterNode.model = self.logic.model_for_volume(volume).name
+            self._parameterNode.model = self.logic.mrml.segmentation.model_for_volume(volume).name
         except Exception as error:  # an empty or odd volume: keep the user's choice
             logging.info("DINSegmentation: no model chosen for %s (%s)", volume.GetName(), error)
 
@@ -318,9 +317,10 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasInput = p.inputVolume is not None
         self.ui.segmentButton.enabled = running or (hasInput and bool(p.model))
         self.ui.previewButton.enabled = hasInput and not running
-        browser = self.logic.sequence_of(p.inputVolume)[0] if hasInput else None
+        browser = self.logic.mrml.segmentation.sequence_of(p.inputVolume)[0] if hasInput else None
         self.ui.allFramesCheckBox.enabled = browser is not None and not running
-        self.ui.undoReplaceButton.enabled = not running and self.logic.can_undo_replace(p.outputSegmentation)
+        self.ui.undoReplaceButton.enabled = not running and self.logic.mrml.segmentation.can_undo_replace(
+            p.outputSegmentation)
         result = self._resultSegmentation()
         self.ui.show3DButton.enabled = result is not None and not running
         self.ui.editInSegmentEditorButton.enabled = result is not None and not running
@@ -333,24 +333,24 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if result is None or not slicer.mrmlScene.IsNodePresent(result):
             return None
         if result.IsA("vtkMRMLSequenceNode"):
-            browser = self.logic.sequences_logic.GetFirstBrowserNodeForSequenceNode(result)
+            browser = self.logic.mrml.segmentation.sequences_logic.GetFirstBrowserNodeForSequenceNode(result)
             return browser.GetProxyNode(result) if browser else None
         return result
 
     # -- preview -----------------------------------------------------------------------------
     def onPreviewButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to preview the enhancement."), waitCursor=True):
-            if not self.logic.ensureTorch():
+            if not self.logic.ensure("segment"):
                 return
             p = self._parameterNode
             output = self._previewNode if self._previewNode is not None and \
                 slicer.mrmlScene.IsNodePresent(self._previewNode) else None
-            self._previewNode = self.logic.preview(p.inputVolume, method=p.enhancementMethod,
-                                                   strength=p.enhancementStrength, model=p.model or None,
-                                                   output=output)
-            plan = self.logic.side_by_side(p.inputVolume, self._previewNode)
+            preview = self.logic.mrml.preview
+            self._previewNode = preview.enhance(p.inputVolume, method=p.enhancementMethod,
+                                                strength=p.enhancementStrength, model=p.model or None, output=output)
+            plan = preview.side_by_side(p.inputVolume, self._previewNode)
             slicer.app.layoutManager().setLayout(plan["layout"])
-            self.logic.show_side_by_side(p.inputVolume, self._previewNode)
+            preview.show_side_by_side(p.inputVolume, self._previewNode)
             slicer.util.resetSliceViews()
 
     # -- segmentation ------------------------------------------------------------------------
@@ -360,19 +360,22 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelled.")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            if not self.logic.ensureTorch():
+            if not self.logic.ensure("segment"):
                 return
+            from dinseg.pipeline.options import SegmentOptions
+
             p = self._parameterNode
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setValue(0)
             self.ui.elapsedLabel.text = ""
             self.ui.statusLabel.text = _("Starting...")
             self._jobVolume = p.inputVolume
-            job = self.logic.create_job(
-                p.inputVolume, model=p.model, device=p.device, enhancement_method=p.enhancementMethod,
-                enhancement_strength=p.enhancementStrength, largest_component=p.largestComponent or None,
-                fill_holes=p.fillHoles or None, output=p.outputSegmentation, all_frames=p.allFrames,
-                temp_root=slicer.app.temporaryPath)
+            # the strength slider belongs to a chosen method: with "model default" it is not applied
+            options = SegmentOptions.for_gui(p.enhancementMethod, p.enhancementStrength, model=p.model,
+                                             device=p.device, largest_component=p.largestComponent or None,
+                                             fill_holes=p.fillHoles or None)
+            job = self.logic.mrml.segmentation.create_job(p.inputVolume, options, output=p.outputSegmentation,
+                                                          all_frames=p.allFrames, temp_root=slicer.app.temporaryPath)
             job.start()
             self._job = job
             self.ui.segmentButton.text = _("Cancel")
@@ -426,27 +429,29 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """After a single volume: each structure's volume, intensities and position as a table."""
         if self._result.IsA("vtkMRMLSequenceNode"):
             return
-        table = self.logic.statistics_table(self._result, job.volume_node)
+        table = self.logic.mrml.reports.statistics_table(self._result, job.volume_node)
         slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
         slicer.app.applicationLogic().PropagateTableSelection()
 
     def _showCardiacFunction(self, job) -> None:
         """After a cine with a cardiac model: the function table and the volume curve (plot layout)."""
-        labelNames = {label.name for label in job.card.labels}
-        if not job.all_frames or "left ventricle" not in labelNames:
+        if not job.all_frames or not job.card.is_cardiac:
             return
-        _, table, chart = self.logic.cardiac_function_of_sequence(self._result, job.sequence)
+        _, table, chart = self.logic.mrml.reports.cardiac_function_of_sequence(self._result, job.sequence)
         slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
         slicer.modules.plots.logic().ShowChartInLayout(chart)
         slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
         slicer.app.applicationLogic().PropagateTableSelection()
 
-    def cancelJob(self) -> None:
+    def cancelJob(self, kill=False) -> None:
+        """Stop the running job without waiting for it (kill: end its process group at once)."""
         if self._timer is not None:
             self._timer.stop()
         job, self._job = self._job, None
         if job is not None:
             job.cancel()
+            if kill:
+                job.cancel()  # a second cancel kills the process group
             for line in job.read_new_log_lines():
                 self.ui.logTextEdit.appendPlainText(line)
             self.ui.segmentButton.text = _("Segment")
@@ -456,7 +461,7 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- output ------------------------------------------------------------------------------
     def onUndoReplaceButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to undo."), waitCursor=True):
-            if self.logic.undo_last_replace(self._parameterNode.outputSegmentation):
+            if self.logic.mrml.segmentation.undo_last_replace(self._parameterNode.outputSegmentation):
                 self.ui.statusLabel.text = _("Previous content restored.")
             self.updateGUIFromParameterNode()
 
@@ -464,29 +469,27 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to show the segmentation in 3D."), waitCursor=True):
             segmentation = self._resultSegmentation()
             if segmentation is not None:
-                self.logic.show_3d(segmentation)
+                self.logic.mrml.segmentation.show_3d(segmentation)
                 layoutManager = slicer.app.layoutManager()
                 if layoutManager is not None and layoutManager.threeDViewCount > 0:
                     layoutManager.threeDWidget(0).threeDView().resetFocalPoint()
 
     def onSaveDicomSegButton(self) -> None:
-        """Write the result as DICOM SEG (the engine's writer) and import it into the DICOM database."""
+        """Write the result as DICOM SEG, coded with the model that made it, into the DICOM database."""
         with slicer.util.tryWithErrorDisplay(_("Failed to save as DICOM SEG."), waitCursor=True):
-            import shutil
-            import tempfile
-
+            if not self.logic.ensure("dicom-seg"):
+                return
             from DICOMLib import DICOMUtils
 
             segmentation, volume = self._resultSegmentation(), self._jobVolume
-            files = self.logic.dicom_source_files(volume, slicer.dicomDatabase)
-            if segmentation is None or not files:
-                raise ValueError(_("The input volume was not loaded from Slicer's DICOM database."))
-            folder = tempfile.mkdtemp(prefix="DINSegmentation-", dir=slicer.app.temporaryPath)
-            path = self.logic.save_dicom_seg(segmentation, volume, files, os.path.join(folder, "segmentation.dcm"),
-                                             model=self._parameterNode.model or None)
-            DICOMUtils.importDicom(folder)
-            shutil.rmtree(folder, ignore_errors=True)
-            self.ui.statusLabel.text = _("Saved {name} to the DICOM database.").format(name=os.path.basename(path))
+            if segmentation is None:
+                raise ValueError(_("There is no segmentation result to save."))
+            # copyFiles: the database keeps its own copy, so the temporary folder can go
+            path = self.logic.mrml.reports.save_dicom_seg_to_database(
+                segmentation, volume, slicer.dicomDatabase,
+                lambda folder: DICOMUtils.importDicom(folder, copyFiles=True),
+                temp_root=slicer.app.temporaryPath)
+            self.ui.statusLabel.text = _("Saved {name} to the DICOM database.").format(name=path.name)
 
     def onEditInSegmentEditorButton(self) -> None:
         segmentation = self._resultSegmentation()
@@ -496,10 +499,7 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.SegmentEditorWidget.editor
         editor.setSegmentationNode(segmentation)
-        if hasattr(editor, "setSourceVolumeNode"):
-            editor.setSourceVolumeNode(volume)
-        else:  # Slicer 5.8 name
-            editor.setMasterVolumeNode(volume)
+        editor.setSourceVolumeNode(volume)
 
 
 #
@@ -508,102 +508,75 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class DINSegmentationLogic(ScriptedLoadableModuleLogic):
-    """Slicer's module logic: the parameter node, dependency installation, and everything else
-    delegated to :class:`dinseg.mrml.DINSegmentationMRMLLogic`.
+    """Slicer's module logic: the parameter node, the packages each feature needs, and the
+    engine's MRML logic (:class:`dinseg.slicer.logic.DINSegmentationMRMLLogic`) for the scene.
 
-    Composition, not multiple inheritance: the MRML logic lives in the engine package
-    (``dinseg.mrml``) so that it runs and is tested outside Slicer, and this file must not import
-    it at load time (it would pull in the engine when Slicer starts and tie module loading to its
-    imports). ``self.mrmlLogic`` is created on first use for ``slicer.mrmlScene``, and any
-    attribute this class does not define is looked up there (``segment``, ``preview``,
-    ``create_job``, ``labels_to_segmentation``, ``undo_last_replace``, ``show_3d``, ...).
-    Methods that run the network first make sure PyTorch (and, for training, its packages) is
-    installed, asking the user.
+    The MRML logic lives in the engine package so that it runs and is tested outside Slicer;
+    this file does not import it at load time. From the Python console::
+
+        logic = slicer.util.getModuleLogic("DINSegmentation")
+        if logic.ensure("segment"):
+            node = logic.mrml.segmentation.segment(volume)
     """
 
     def __init__(self) -> None:
-        self._mrmlLogic = None
+        self._mrml = None
         ScriptedLoadableModuleLogic.__init__(self)
 
     def getParameterNode(self):
         return DINSegmentationParameterNode(super().getParameterNode())
 
     @property
-    def mrmlLogic(self):
-        if self._mrmlLogic is None or self._mrmlLogic.scene is not slicer.mrmlScene:
-            from dinseg.mrml import DINSegmentationMRMLLogic
+    def mrml(self):
+        """The engine's MRML logic for ``slicer.mrmlScene`` (segmentation, preview, reports)."""
+        if self._mrml is None or self._mrml.scene is not slicer.mrmlScene:
+            from dinseg.slicer.logic import DINSegmentationMRMLLogic
 
-            self._mrmlLogic = DINSegmentationMRMLLogic(slicer.mrmlScene)
-        return self._mrmlLogic
-
-    def __getattr__(self, name):
-        # only called for names this class lacks; never for private names or mrmlLogic itself
-        # (an AttributeError inside the property must not recurse through here)
-        if name.startswith("_") or name == "mrmlLogic":
-            raise AttributeError(name)
-        return getattr(self.mrmlLogic, name)
+            self._mrml = DINSegmentationMRMLLogic(slicer.mrmlScene)
+        return self._mrml
 
     # -- dependencies (on first use, never at import) ------------------------------------------
     @staticmethod
-    def ensureTorch() -> bool:
-        """PyTorch through the PyTorch extension (asks before installing); False if the user declines."""
-        import importlib.util
+    def ensure(feature) -> bool:
+        """Make sure the packages of ``feature`` ("segment", "dicom-seg", "train"; the table is
+        ``dinseg.core.dependencies``) are installed at their minimum versions, asking before
+        installing anything; False if the user declines. PyTorch comes through the PyTorch extension."""
+        from dinseg.core.dependencies import requirement, unmet_for
 
-        if importlib.util.find_spec("torch") is not None:
+        missing = unmet_for(feature)
+        if not missing:
             return True
+        names = [name for name, _version in missing]
+        described = ", ".join(f"{name} {version} (needs {requirement(name)})" if version else requirement(name)
+                              for name, version in missing)
+        if not slicer.util.confirmOkCancelDisplay(
+                _("DIN Segmentation needs these Python packages: {packages}. Install them now?").format(
+                    packages=described), windowTitle=_("Install Python packages")):
+            return False
+        if "torch" in names:
+            DINSegmentationLogic._installTorch(requirement("torch"))
+            names.remove("torch")
+        if names:
+            slicer.util.pip_install(" ".join(requirement(name) for name in names))
+        still = [name for name, _version in unmet_for(feature)]
+        if still:
+            raise RuntimeError(_("Could not install {packages}; restart Slicer and try again.").format(
+                packages=", ".join(still)))
+        return True
+
+    @staticmethod
+    def _installTorch(torchRequirement) -> None:
+        """PyTorch through the PyTorch extension, which picks the build for this computer's GPU."""
         try:
             import PyTorchUtils
         except ImportError:
             raise RuntimeError(_("DIN Segmentation needs the PyTorch extension: install 'PyTorch' in the "
                                  "Extensions Manager and restart Slicer.")) from None
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
-            if torch is None:
-                return False
-        return True
-
-    @staticmethod
-    def ensurePackages(packages) -> bool:
-        """Install missing (import name, requirement) pairs after the user agrees; False if declined."""
-        import importlib.util
-
-        missing = [requirement for module, requirement in packages if importlib.util.find_spec(module) is None]
-        if not missing:
-            return True
-        if not slicer.util.confirmOkCancelDisplay(
-                _("DIN Segmentation needs these Python packages: {packages}. Install them now?").format(
-                    packages=", ".join(missing)), windowTitle=_("Install Python packages")):
-            return False
-        packaging = getattr(slicer, "packaging", None)
-        if packaging is not None and hasattr(packaging, "pip_ensure"):  # Slicer 5.12+
-            packaging.pip_ensure(missing, prompt_install=False, requester="DINSegmentation")
-        else:
-            slicer.util.pip_install(" ".join(missing))
-        return True
-
-    # -- work that needs the network -----------------------------------------------------------
-    def segment(self, volumeNode, *args, **kwargs):
-        """Segment in this process (see dinseg.mrml.DINSegmentationMRMLLogic.segment)."""
-        if not self.ensureTorch():
-            raise RuntimeError(_("PyTorch is required"))
-        return self.mrmlLogic.segment(volumeNode, *args, **kwargs)
-
-    def segment_sequence(self, browserNode, *args, **kwargs):
-        if not self.ensureTorch():
-            raise RuntimeError(_("PyTorch is required"))
-        return self.mrmlLogic.segment_sequence(browserNode, *args, **kwargs)
-
-    def preview(self, volumeNode, *args, **kwargs):
-        if not self.ensureTorch():
-            raise RuntimeError(_("PyTorch is required"))
-        return self.mrmlLogic.preview(volumeNode, *args, **kwargs)
-
-    def train(self, config, progress=None, resume=False):
-        """Train a DIN model from a TrainConfig, dict or YAML/JSON file (blocking; Python console)."""
-        if not self.ensureTorch() or not self.ensurePackages(TRAINING_PACKAGES):
-            raise RuntimeError(_("PyTorch and the training packages are required"))
-        return self.mrmlLogic.train(config, progress=progress, resume=resume)
+        version = torchRequirement.split(">=", 1)[1]
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                              torchVersionRequirement=">=" + version)
+        if torch is None:
+            raise RuntimeError(_("PyTorch could not be installed."))
 
 
 #
@@ -626,10 +599,10 @@ class DINSegmentationTest(ScriptedLoadableModuleTest):
 
         import SampleData
 
-        from dinseg import mrml
-        from dinseg.errors import ModelError
+        from dinseg.slicer import convert
+        from dinseg.core.errors import ModelError
         from dinseg.models import find_model
-        from dinseg.terminology import SYNAPSE_ORGANS, slicer_terminology_entry
+        from dinseg.core.terminology import SYNAPSE_ORGANS, slicer_terminology_entry
 
         self.delayDisplay("Loading the CT sample")
         registerSampleData()
@@ -641,11 +614,14 @@ class DINSegmentationTest(ScriptedLoadableModuleTest):
             self.fail(str(error))
 
         logic = DINSegmentationLogic()
-        self.assertEqual(logic.load_terminology(slicer.modules.terminologies.logic()),
+        self.assertEqual(logic.mrml.segmentation.load_terminology(slicer.modules.terminologies.logic()),
                          "Segmentation category and type - DINSegmentation")
         self.delayDisplay("Segmenting on the CPU")
         start = time.time()
-        segmentation = logic.segment(volume, model=card, device="cpu")
+        from dinseg.pipeline.options import SegmentOptions
+
+        self.assertTrue(logic.ensure("segment"))
+        segmentation = logic.mrml.segmentation.segment(volume, SegmentOptions(model=card, device="cpu"))
         seconds = time.time() - start  # reported, not asserted: timings belong in benchmarks
 
         segments = segmentation.GetSegmentation()
@@ -653,13 +629,13 @@ class DINSegmentationTest(ScriptedLoadableModuleTest):
         self.assertEqual(names, list(SYNAPSE_ORGANS))
         terminologies = slicer.modules.terminologies.logic()
         for index, label in enumerate(card.labels):
-            tag = mrml.segment_terminology(segments.GetNthSegment(index))
+            tag = convert.segment_terminology(segments.GetNthSegment(index))
             self.assertEqual(tag, slicer_terminology_entry(label))
             entry = slicer.vtkSlicerTerminologyEntry()
             self.assertTrue(terminologies.DeserializeTerminologyEntry(tag, entry))
             self.assertEqual(entry.GetTypeObject().GetCodeValue(), label.type.value)
 
-        labels = mrml.segmentation_to_labels(segmentation, volume, card.labels)
+        labels = convert.segmentation_to_labels(segmentation, volume, card.labels)
         counts = {label.name: int((labels == label.value).sum()) for label in card.labels}
         for name, count in counts.items():
             self.assertGreater(count, 0, f"{name} is empty")

@@ -45,11 +45,11 @@ def random_ct_model(tmp_path_factory) -> Path:
     """
     import torch
 
-    from dinseg.enhance import EnhanceConfig
+    from dinseg.core.enhance import EnhanceConfig
     from dinseg.models import ModelCard, save_weights
     from dinseg.nets import NetConfig, build_network
-    from dinseg.preprocess import Preprocessing
-    from dinseg.terminology import SYNAPSE_ORGANS, label_infos_for
+    from dinseg.core.preprocess import Preprocessing
+    from dinseg.core.terminology import SYNAPSE_ORGANS, label_infos_for
 
     folder = tmp_path_factory.mktemp("random_ct_model")
     torch.manual_seed(0)

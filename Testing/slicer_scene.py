@@ -66,7 +66,7 @@ def load_volume(env, path, name: str):
 def add_volume(env, array: np.ndarray, ijk_to_ras: np.ndarray, name: str):
     """A scalar volume node from a (z, y, x) array and a 4x4 IJK-to-RAS matrix."""
     node = env.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    from dinseg.mrml import set_volume_voxels
+    from dinseg.slicer.convert import set_volume_voxels
 
     set_volume_voxels(node, array, ijk_to_ras)
     node.CreateDefaultDisplayNodes()

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dinseg.bench import robustness_rows
-from dinseg.infer import Segmenter
-from dinseg.io import read_volume
-from dinseg.metrics import dice_and_hd95
+from dinseg.apps.bench import robustness_rows
+from dinseg.pipeline.segmenter import Segmenter
+from dinseg.core.io import read_volume
+from dinseg.core.metrics import dice_and_hd95
 from dinseg.models import BUNDLED_MODELS, list_models, load_card, load_network, sha256_of
 from conftest import SAMPLE_CT, SAMPLE_CT_LABELS, SAMPLE_MR, acdc_patient, shared_case
 
@@ -110,9 +110,9 @@ def test_ct_model_holds_up_on_other_storage_of_the_same_anatomy():
 
 def test_ct_model_finds_the_liver_in_a_tight_crop():
     """The bundled CT (an unseen patient) cut to the liver's bounding box plus 15 mm, as a liver study might be."""
-    from dinseg.bench import ct_variants
-    from dinseg.geometry import Geometry
-    from dinseg.io import ImageVolume
+    from dinseg.apps.bench import ct_variants
+    from dinseg.core.geometry import Geometry
+    from dinseg.core.io import ImageVolume
 
     card = load_card(BUNDLED_MODELS / "btcv-ct-light" / "btcv-ct-light.json")
     (crop, truth), = ct_variants(sitk.ReadImage(str(SAMPLE_CT)), sitk.ReadImage(str(SAMPLE_CT_LABELS)),
@@ -129,7 +129,7 @@ def test_mr_model_on_an_unseen_chaos_patient():
 
 
 def test_each_abdominal_image_gets_the_model_of_its_modality():
-    from dinseg.infer import model_for
+    from dinseg.pipeline.segmenter import model_for
 
     assert model_for(read_volume(SAMPLE_CT))[0].name == "btcv-ct-light"
     assert model_for(read_volume(SAMPLE_MR))[0].name == "chaos-mr-light"
@@ -151,7 +151,7 @@ def test_cardiac_model_on_acdc_patients():
 
 def test_cardiac_function_of_a_cine_agrees_with_the_expert():
     """patient090's whole 4D cine: ED and ES found, LV EF close to the expert labels' EF."""
-    from dinseg.cardiac import cardiac_function
+    from dinseg.reports.cardiac import cardiac_function
 
     folder = acdc_patient(90)
     card = load_card(BUNDLED_MODELS / "acdc-light" / "acdc-light.json")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_CT, acdc_patient
-from dinseg.cli import main
-from dinseg.errors import InputError
-from dinseg.infer import Segmenter
-from dinseg.io import read_volume
+from dinseg.apps.cli import main
+from dinseg.core.errors import InputError
+from dinseg.pipeline.segmenter import Segmenter
+from dinseg.core.io import read_volume
 from dinseg.models import find_model, load_card, sha256_of
 
 

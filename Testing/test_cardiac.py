@@ -14,10 +14,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import SAMPLE_CT, acdc_patient
-from dinseg.cardiac import body_surface_area, cardiac_function
-from dinseg.cli import main
-from dinseg.errors import InputError
-from dinseg.terminology import ACDC_STRUCTURES, label_infos_for
+from dinseg.reports.cardiac import body_surface_area, cardiac_function
+from dinseg.apps.cli import main
+from dinseg.core.errors import InputError
+from dinseg.core.terminology import ACDC_STRUCTURES, label_infos_for
 
 LABELS = label_infos_for(ACDC_STRUCTURES)  # 1 right ventricle, 2 myocardium, 3 left ventricle
 
@@ -129,7 +129,7 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, case
 
 
 def test_acdc_headers_raise_no_wall_of_itk_warnings(capfd):
-    from dinseg.io import read_volume
+    from dinseg.core.io import read_volume
 
     volume = read_volume(acdc_patient(90) / "patient090_4d.nii.gz")
     assert volume.frames == 12
@@ -137,8 +137,8 @@ def test_acdc_headers_raise_no_wall_of_itk_warnings(capfd):
 
 
 def test_the_model_is_chosen_by_modality_and_anatomy():
-    from dinseg.infer import model_for
-    from dinseg.io import read_volume
+    from dinseg.pipeline.segmenter import model_for
+    from dinseg.core.io import read_volume
 
     card, reason = model_for(read_volume(SAMPLE_CT))
     assert card.modality == "CT" and card.anatomy == "abdomen", reason
@@ -150,8 +150,8 @@ def test_the_model_is_chosen_by_modality_and_anatomy():
 
 def test_an_abdominal_mr_never_gets_the_heart_model():
     from conftest import SAMPLE_MR
-    from dinseg.infer import model_for
-    from dinseg.io import read_volume
+    from dinseg.pipeline.segmenter import model_for
+    from dinseg.core.io import read_volume
 
     card, reason = model_for(read_volume(SAMPLE_MR))
     assert card.anatomy != "heart", reason
@@ -160,8 +160,8 @@ def test_an_abdominal_mr_never_gets_the_heart_model():
 def test_a_ct_clipped_to_a_soft_tissue_window_still_reads_as_ct():
     """Synapse stores its CT clipped to HU -125..275: no air below -500, yet CT."""
     from conftest import SAMPLE_MR
-    from dinseg.infer import guess_modality
-    from dinseg.io import read_volume
+    from dinseg.pipeline.segmenter import guess_modality
+    from dinseg.core.io import read_volume
 
     windowed = np.clip(read_volume(SAMPLE_CT).array, -125, 275)
     assert guess_modality(windowed) == "CT"

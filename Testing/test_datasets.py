@@ -1,4 +1,4 @@
-"""Tests for the dataset readers (dinseg.data.datasets), on tiny folders built from real images."""
+"""Tests for the dataset readers (dinseg.training.data.datasets), on tiny folders built from real images."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from dinseg.data import BTCV_TO_SYNAPSE, check_labels, load_split_file, open_dataset, split_cases, validate
-from dinseg.errors import InputError
-from dinseg.terminology import ACDC_STRUCTURES, SYNAPSE_ORGANS
+from dinseg.training.data import BTCV_TO_SYNAPSE, check_labels, load_split_file, open_dataset, split_cases, validate
+from dinseg.core.errors import InputError
+from dinseg.core.terminology import ACDC_STRUCTURES, SYNAPSE_ORGANS
 
 from conftest import SAMPLE_CT, SAMPLE_CT_LABELS, SAMPLE_MR, SAMPLE_MR_LABELS
 
@@ -158,7 +158,7 @@ def test_acdc_frames_become_cases(tmp_path, mr):
 
 
 def sitk_geometry(image):
-    from dinseg.geometry import Geometry
+    from dinseg.core.geometry import Geometry
 
     return Geometry.from_sitk(image)
 
@@ -460,7 +460,7 @@ def test_train_val_overlap_is_allowed_with_a_warning(tmp_path, mr, caplog):
 def test_shared_btcv_and_chaos_name_their_structures_as_the_cards_do():
     """nnU-Net names such as "kidney_left" become "left kidney", which has its SNOMED-CT code."""
     from conftest import SHARED_DATA
-    from dinseg.terminology import KNOWN_STRUCTURES, SYNAPSE_ORGANS
+    from dinseg.core.terminology import KNOWN_STRUCTURES, SYNAPSE_ORGANS
 
     if not (SHARED_DATA / "btcv_synapse").is_dir():
         pytest.skip(f"needs {SHARED_DATA} (../shared/data beside the clone)")

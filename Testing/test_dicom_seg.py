@@ -15,8 +15,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import SAMPLE_CT
-from dinseg.bench import write_dicom_series
-from dinseg.cli import main
+from dinseg.apps.bench import write_dicom_series
+from dinseg.apps.cli import main
 from dinseg.models import load_card
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM SEG needs highdicom (pip install highdicom)")

@@ -1,4 +1,4 @@
-"""Tests for dinseg.enhance (CPU only, fast)."""
+"""Tests for dinseg.core.enhance (CPU only, fast)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from dinseg.enhance import METHODS, EnhanceConfig, clahe, enhance, gamma_correct, unsharp_mask
+from dinseg.core.enhance import METHODS, EnhanceConfig, clahe, enhance, gamma_correct, unsharp_mask
 
 from conftest import SAMPLE_CT
 
@@ -39,7 +39,7 @@ def mean_local_std(images: torch.Tensor, window: int = 9) -> float:
 
 
 def reference_clahe(image: np.ndarray, clip_limit: float, tiles: int, bins: int) -> np.ndarray:
-    """Plain loop-per-tile / loop-per-pixel CLAHE with the conventions documented in dinseg.enhance.clahe."""
+    """Plain loop-per-tile / loop-per-pixel CLAHE with the conventions documented in dinseg.core.enhance.clahe."""
     height, width = image.shape
     tile_h, tile_w = -(-height // tiles), -(-width // tiles)
     levels = np.rint(np.clip(image, 0, 1).astype(np.float32) * np.float32(bins - 1)).astype(np.int64)

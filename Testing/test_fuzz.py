@@ -4,10 +4,10 @@ as one clear error line, never a traceback, a crash, a hang or exit 0 with a bad
 A fixed seed makes 30 cases in the suite; ``DINSEG_FUZZ_CASES=500 python -m pytest
 Testing/test_fuzz.py`` runs a longer campaign. All cases run in one child process, so that a
 crash in a native reader names the case instead of killing the test run. Memory: a declared
-size over ``dinseg.io.MAX_INPUT_VOXELS`` is refused before reading, and the child's peak
+size over ``dinseg.core.io.MAX_INPUT_VOXELS`` is refused before reading, and the child's peak
 resident memory must stay under ``MEMORY_BOUND_GB`` (batches of 4 slices: by default the batch grows
 with free memory, up to a quarter of it). A spacing that makes an image longer than
-``dinseg.io.MAX_EXTENT_MM`` is refused too.
+``dinseg.core.io.MAX_EXTENT_MM`` is refused too.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import CINE_DICOM, SAMPLE_CT
-from dinseg.io import read_volume
+from dinseg.core.io import read_volume
 
 SEED = 2026
 CASES = int(os.environ.get("DINSEG_FUZZ_CASES", "30"))
@@ -35,7 +35,7 @@ CASE_TIMEOUT_S = 60
 RUNNER = r"""
 import contextlib, io, json, resource, signal, sys
 from pathlib import Path
-from dinseg.cli import main
+from dinseg.apps.cli import main
 
 def timeout(signum, frame):
     raise TimeoutError("hang")

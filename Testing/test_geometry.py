@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dinseg.geometry import Geometry, canonical_reorientation, parse_orientation
+from dinseg.core.geometry import Geometry, canonical_reorientation, parse_orientation
 
 
 def _random_geometry(direction: np.ndarray, size=(7, 5, 3)) -> Geometry:

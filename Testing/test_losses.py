@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from dinseg.losses import DINLoss, LossConfig, boundary_loss, soft_dice_loss
+from dinseg.training.losses import DINLoss, LossConfig, boundary_loss, soft_dice_loss
 
 from conftest import SAMPLE_CT, SAMPLE_CT_LABELS
 

@@ -114,7 +114,7 @@ def test_bad_configuration_is_refused(bad, message):
 
 
 def test_bench_model_prints_every_variant_against_its_baseline(capsys):
-    from dinseg.cli import main
+    from dinseg.apps.cli import main
 
     assert main(["bench-model", "--presets", "light", "--size", "64", "--repeats", "1", "--threads", "1",
                  "--cpu-only"]) == 0

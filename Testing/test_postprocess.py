@@ -8,8 +8,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from conftest import SAMPLE_CT
-from dinseg.io import read_volume
-from dinseg.postprocess import clean_labels, label_boxes
+from dinseg.core.io import read_volume
+from dinseg.core.postprocess import clean_labels, label_boxes
 
 
 def _two_organs() -> np.ndarray:

@@ -17,10 +17,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import CINE_DICOM, SAMPLE_CT
-from dinseg.cli import main
-from dinseg.errors import OutputError
-from dinseg.geometry import Geometry
-from dinseg.io import atomic_output, read_volume, write_image
+from dinseg.apps.cli import main
+from dinseg.core.errors import OutputError
+from dinseg.core.geometry import Geometry
+from dinseg.core.io import atomic_output, read_volume, write_image
 
 FORMATS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha")
 
@@ -120,7 +120,7 @@ def test_an_interrupted_writer_leaves_nothing(tmp_path):
 def test_sigterm_during_a_run_leaves_no_temporary_file(tmp_path, small_ct, random_ct_model):
     out = tmp_path / "out"
     out.mkdir()
-    process = subprocess.Popen([sys.executable, "-m", "dinseg.cli", "segment", str(small_ct), str(small_ct),
+    process = subprocess.Popen([sys.executable, "-m", "dinseg.apps.cli", "segment", str(small_ct), str(small_ct),
                                 str(small_ct), "-o", str(out), "--model", str(random_ct_model), "--device", "cpu"],
                                stderr=subprocess.PIPE, text=True)
     time.sleep(3)

@@ -15,10 +15,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from dinseg.cli import main
-from dinseg.errors import ModelError
-from dinseg.infer import Segmenter
-from dinseg.io import read_volume
+from dinseg.apps.cli import main
+from dinseg.core.errors import ModelError
+from dinseg.pipeline.segmenter import Segmenter
+from dinseg.core.io import read_volume
 from dinseg.models import import_models, load_card, load_network
 
 from conftest import CINE_DICOM, SAMPLES
@@ -120,7 +120,7 @@ def test_preview_png_is_written(random_ct_model, ct_crop, tmp_path):
 
 
 def test_preview_overlay_outlines_each_label_on_its_own_pixels():
-    from dinseg.preview import label_overlay
+    from dinseg.reports.preview import label_overlay
 
     labels = np.zeros((8, 9), dtype=np.uint8)
     labels[2:6, 1:4] = 1
@@ -306,7 +306,7 @@ def test_time_series_cannot_go_into_one_seg_nrrd(random_ct_model, tmp_path, caps
 
 def test_command_line_exit_status_and_single_error_line(tmp_path):
     """The installed command, not just main(): exit status 2 and one line on stderr."""
-    result = subprocess.run([sys.executable, "-m", "dinseg.cli", "segment", str(tmp_path / "nothing.nii.gz"),
+    result = subprocess.run([sys.executable, "-m", "dinseg.apps.cli", "segment", str(tmp_path / "nothing.nii.gz"),
                              "-o", str(tmp_path / "x.seg.nrrd")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"dinseg: error: {tmp_path / 'nothing.nii.gz'}: no such file or folder"]
@@ -374,7 +374,7 @@ def test_a_model_name_selects_its_highest_installed_version(random_ct_model, tmp
 
 def test_model_cards_are_listed_without_importing_torch():
     """The Slicer module lists models before PyTorch is installed."""
-    code = "import sys; import dinseg.models as m, dinseg.cli; m.list_models(); print('torch' in sys.modules)"
+    code = "import sys; import dinseg.models as m, dinseg.apps.cli; m.list_models(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
 
@@ -393,7 +393,7 @@ def test_enhancement_override_changes_the_input_and_warns(random_ct_model, ct_cr
                                             ((20, 20), (12, 33)), ((9, 9), (9, 9))])
 def test_labels_at_size_equal_full_bilinear_resampling(source, target):
 
-    from dinseg.preprocess import labels_at_size, resize_slices
+    from dinseg.core.preprocess import labels_at_size, resize_slices
 
     generator = torch.Generator().manual_seed(1)
     coarse_logits = 4 * torch.randn(3, 5, source[0] // 3 + 2, source[1] // 3 + 2, generator=generator)
@@ -458,10 +458,10 @@ def test_unwritable_output_is_one_line_before_any_work(random_ct_model, ct_crop,
 
 
 def test_a_failing_write_leaves_nothing_behind(tmp_path, monkeypatch):
-    from dinseg.errors import OutputError
-    from dinseg.geometry import Geometry
-    from dinseg.segfile import write_segmentation
-    from dinseg.terminology import label_infos_for
+    from dinseg.core.errors import OutputError
+    from dinseg.core.geometry import Geometry
+    from dinseg.reports.segfile import write_segmentation
+    from dinseg.core.terminology import label_infos_for
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -475,8 +475,8 @@ def test_a_failing_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_preview_gives_every_structure_its_own_colour():
-    from dinseg.preview import preview_colors
-    from dinseg.terminology import SYNAPSE_ORGANS, label_infos_for
+    from dinseg.reports.preview import preview_colors
+    from dinseg.core.terminology import SYNAPSE_ORGANS, label_infos_for
 
     infos = label_infos_for(SYNAPSE_ORGANS)
     colors = preview_colors(infos)[[info.value for info in infos]]
@@ -505,8 +505,8 @@ def test_models_list_and_show_fit_100_columns_and_show_the_whole_card(random_ct_
 
 
 def test_device_index_and_threads(random_ct_model, ct_crop, tmp_path, capsys):
-    from dinseg.errors import InputError
-    from dinseg.infer import resolve_device
+    from dinseg.core.errors import InputError
+    from dinseg.pipeline.segmenter import resolve_device
 
     assert str(resolve_device("cpu")) == "cpu"
     for bad in ("cuda:x", "cpu:1", "tpu"):
@@ -525,7 +525,7 @@ def test_device_index_and_threads(random_ct_model, ct_crop, tmp_path, capsys):
 
 
 def test_rotation_averaging_is_exact_for_one_rotation_and_changes_little_otherwise(random_ct_model, ct_crop):
-    from dinseg.errors import InputError
+    from dinseg.core.errors import InputError
 
     card = load_card(random_ct_model)
     volume = read_volume(ct_crop)
@@ -547,7 +547,7 @@ def test_rotation_averaging_is_refused_for_a_model_trained_on_small_rotations(ra
     """Quarter turns that a model never saw in training make it fail: say so instead."""
     import dataclasses
 
-    from dinseg.errors import InputError
+    from dinseg.core.errors import InputError
 
     card = load_card(random_ct_model)
     config = dict(card.training.get("config", {}), augmentation={"rotate_degrees": 20})
@@ -559,8 +559,8 @@ def test_rotation_averaging_is_refused_for_a_model_trained_on_small_rotations(ra
 
 def test_reduced_precision_only_on_cuda_so_cpu_labels_are_float32s(ct_crop, tmp_path, capsys):
     """float16 on CUDA only: on every CPU the default labels are float32's, voxel for voxel."""
-    from dinseg.errors import InputError
-    from dinseg.infer import half_precision_dtype
+    from dinseg.core.errors import InputError
+    from dinseg.pipeline.segmenter import half_precision_dtype
     from dinseg.models import find_model
 
     cpu = torch.device("cpu")

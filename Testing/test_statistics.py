@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import SAMPLE_CT, SAMPLE_CT_LABELS
-from dinseg.cli import main
-from dinseg.geometry import Geometry
-from dinseg.statistics import structure_statistics, write_statistics
-from dinseg.terminology import SYNAPSE_ORGANS, label_infos_for
+from dinseg.apps.cli import main
+from dinseg.core.geometry import Geometry
+from dinseg.reports.statistics import structure_statistics, write_statistics
+from dinseg.core.terminology import SYNAPSE_ORGANS, label_infos_for
 
 ORGANS = label_infos_for(SYNAPSE_ORGANS)
 

@@ -1,4 +1,4 @@
-"""Tests for the synthetic cardiac short-axis phantom generator (dinseg.synth)."""
+"""Tests for the synthetic cardiac short-axis phantom generator (dinseg.training.synth)."""
 from __future__ import annotations
 
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dinseg.synth import DEGRADATION_LEVELS, synthesize_case, write_acdc_phantom  # noqa: E402
+from dinseg.training.synth import DEGRADATION_LEVELS, synthesize_case, write_acdc_phantom  # noqa: E402
 
 SEEDS = (0, 1, 2, 3)
 

@@ -17,11 +17,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from dinseg.cli import main
-from dinseg.errors import ConfigError
+from dinseg.apps.cli import main
+from dinseg.core.errors import ConfigError
 from dinseg.models import load_card
-from dinseg.synth import write_acdc_phantom
-from dinseg.train import DINTrainingLogic, TrainConfig
+from dinseg.training.synth import write_acdc_phantom
+from dinseg.training.train import DINTrainingLogic, TrainConfig
 
 TINY = dict(layout="acdc", preset="light", spacing=(3.0, 3.0), orientation_mode="acquisition",
             normalization="percentile", normalization_low=0.5, normalization_high=99.5,
@@ -160,7 +160,7 @@ def test_two_process_distributed_training_gives_identical_weights(phantom, tmp_p
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731",
-               "-m", "dinseg.cli", "train", "--data", str(phantom), "--layout", "acdc", "--output", str(run),
+               "-m", "dinseg.apps.cli", "train", "--data", str(phantom), "--layout", "acdc", "--output", str(run),
                "--preset", "light", "--spacing", "3.0", "3.0", "--patch-size", "48", "48", "--batch-size", "2",
                "--epochs", "1", "--iterations-per-epoch", "2", "--workers", "0", "--device", "cpu",
                "--orientation-mode", "acquisition", "--normalization", "percentile", "--normalization-low", "0.5",
@@ -194,7 +194,7 @@ def test_synth_command_writes_an_acdc_phantom(tmp_path):
 
 
 def test_ablation_trains_every_variant_from_one_config_and_tabulates(phantom, tmp_path):
-    from dinseg.ablation import AblationPlan, run_ablation
+    from dinseg.training.ablation import AblationPlan, run_ablation
 
     base = _config(phantom, tmp_path / "unused", epochs=5, model_name="tiny", data_description="phantom: tiny")
     plan = AblationPlan(config=base, output=str(tmp_path / "ablation"), seeds=(0,), epochs=1,
@@ -216,7 +216,7 @@ def test_ablation_trains_every_variant_from_one_config_and_tabulates(phantom, tm
 
 
 def test_an_interrupted_ablation_resumes_and_reuses_finished_runs(phantom, tmp_path, caplog):
-    from dinseg.ablation import AblationPlan, run_ablation
+    from dinseg.training.ablation import AblationPlan, run_ablation
 
     base = _config(phantom, tmp_path / "unused", model_name="tiny", data_description="phantom: tiny")
     plan = AblationPlan(config=base, output=str(tmp_path / "ablation"), variants=("single", "difm"), seeds=(0,),
@@ -254,7 +254,7 @@ def test_shipped_training_recipes_are_valid(config):
 
 
 def test_random_canvas_cuts_the_same_square_from_image_and_labels():
-    from dinseg.train import random_canvas
+    from dinseg.training.train import random_canvas
 
     image = torch.arange(2 * 64 * 64, dtype=torch.float32).reshape(2, 1, 64, 64)
     labels = image[:, 0].long()
@@ -273,7 +273,7 @@ def test_random_canvas_cuts_the_same_square_from_image_and_labels():
 
 
 def test_class_balanced_sampling_draws_a_small_organ_as_often_as_a_large_one():
-    from dinseg.data.sampling import PreparedCase, epoch_samples
+    from dinseg.training.data.sampling import PreparedCase, epoch_samples
 
     labels = np.zeros((40, 8, 8), np.uint8)
     labels[:36, 2:6, 2:6] = 1          # a large organ on 36 slices
@@ -306,7 +306,7 @@ def test_fine_tuning_starts_from_the_given_model(phantom, tmp_path, random_ct_mo
 
 
 def test_training_slices_carry_their_neighbours_in_stack_order():
-    from dinseg.data.sampling import PreparedCase, TrainingSlices
+    from dinseg.training.data.sampling import PreparedCase, TrainingSlices
 
     image = np.repeat(np.arange(5, dtype=np.float32)[:, None, None] / 10, 8, axis=1).repeat(8, axis=2)
     case = PreparedCase("case", image, np.zeros(image.shape, np.uint8))
@@ -317,7 +317,7 @@ def test_training_slices_carry_their_neighbours_in_stack_order():
 
 
 def test_structure_intensity_shifts_each_labelled_structure_by_its_own_amount():
-    from dinseg.data.sampling import Augmentation, rand_structure_intensity
+    from dinseg.training.data.sampling import Augmentation, rand_structure_intensity
 
     label = torch.zeros((1, 16, 16))
     label[0, 2:8, 2:8], label[0, 9:14, 9:14] = 1, 2
@@ -340,8 +340,8 @@ def test_structure_intensity_shifts_each_labelled_structure_by_its_own_amount():
 
 
 def test_a_one_slice_model_starts_a_2_5d_model_that_sees_the_neighbours(phantom, tmp_path):
-    from dinseg.infer import Segmenter
-    from dinseg.io import read_volume
+    from dinseg.pipeline.segmenter import Segmenter
+    from dinseg.core.io import read_volume
     from dinseg.models import load_network
 
     flat = DINTrainingLogic(_config(phantom, tmp_path / "flat", epochs=1, val_fraction=0.0)).run()
@@ -373,7 +373,7 @@ def test_a_one_slice_model_starts_a_2_5d_model_that_sees_the_neighbours(phantom,
 
 
 def test_a_card_whose_network_does_not_take_its_slices_is_refused(random_ct_model, tmp_path):
-    from dinseg.errors import ModelError
+    from dinseg.core.errors import ModelError
 
     data = json.loads(random_ct_model.read_text())
     data["preprocessing"]["context_slices"] = 1

@@ -1,6 +1,6 @@
 """``dinseg web`` in a real browser: Playwright driving Debian's chromium against a real server.
 
-The server is ``python -m dinseg.cli web`` in a child process (trame-slicer over slicer-core,
+The server is ``python -m dinseg.apps.cli web`` in a child process (trame-slicer over slicer-core,
 the segmentation in its own child process, as users run it); the page is read and clicked as a
 user would. Nothing is mocked. The browser tests skip, with the reason, where trame-slicer,
 Playwright or a chromium executable is missing (``pip install -e ".[web]"``; Debian: ``apt-get
@@ -23,8 +23,8 @@ import pytest
 
 from conftest import REPO_ROOT, SAMPLE_CT
 
-from dinseg.errors import InputError
-from dinseg.web.files import DataFolder, UploadArea
+from dinseg.core.errors import InputError
+from dinseg.apps.web.files import DataFolder, UploadArea
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 MISSING = [name for name, found in (("trame-slicer", importlib.util.find_spec("trame_slicer")),
@@ -90,16 +90,16 @@ def test_upload_limit_and_zip_members_that_leave_the_folder(tmp_path):
 def test_cli_without_the_web_extra_says_what_to_install():
     code = ("import sys; sys.modules['trame_slicer'] = None; import importlib.util as u; "
             "find = u.find_spec; u.find_spec = lambda name, *a: None if name == 'trame_slicer' else find(name, *a); "
-            "from dinseg.cli import main; sys.exit(main(['web']))")
+            "from dinseg.apps.cli import main; sys.exit(main(['web']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == "dinseg: error: the web front end needs: pip install 'dinseg[web]'"
 
 
 def test_the_rest_of_the_cli_never_imports_the_web_stack():
-    code = ("import sys; from dinseg.cli import build_parser; build_parser().format_help(); "
+    code = ("import sys; from dinseg.apps.cli import build_parser; build_parser().format_help(); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('trame', 'trame_slicer', 'vtk', 'vtkmodules', "
-            "'slicer', 'dinseg') and m.startswith(('trame', 'vtk', 'slicer', 'dinseg.web'))))")
+            "'slicer', 'dinseg') and m.startswith(('trame', 'vtk', 'slicer', 'dinseg.apps.web'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -156,7 +156,7 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
     port = _free_port()
     started = time.monotonic()
     server = subprocess.Popen(
-        [sys.executable, "-m", "dinseg.cli", "web", "--port", str(port), "--data", str(data_folder),
+        [sys.executable, "-m", "dinseg.apps.cli", "web", "--port", str(port), "--data", str(data_folder),
          "--max-upload-mb", str(UPLOAD_LIMIT_MB)],
         env={**ENV, "TMPDIR": str(server_temp)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -186,7 +186,7 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
             segmented = _page_counts(page)
             cli_started = time.monotonic()
             reference = tmp_path / "cli.seg.nrrd"
-            subprocess.run([sys.executable, "-m", "dinseg.cli", "segment", "sample:abdomen-ct", "-o", str(reference)],
+            subprocess.run([sys.executable, "-m", "dinseg.apps.cli", "segment", "sample:abdomen-ct", "-o", str(reference)],
                            env=ENV, check=True, capture_output=True, timeout=300)
             cli_latency = time.monotonic() - cli_started
             expected = _seg_nrrd_counts(reference)

@@ -1,2 +1,0 @@
-"""One module per group of ``dinseg`` commands: each parses its options (``add_parsers``) and
-calls the engine; :mod:`dinseg.cli` puts them together and turns errors into one line."""

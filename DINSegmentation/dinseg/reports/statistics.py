@@ -1,0 +1,92 @@
+"""Numbers for reports: per structure volume, intensity statistics, centroid and bounding box.
+
+The CLI (``--statistics``), the Slicer module (a table node after Segment) and the tests call
+:func:`structure_statistics`. Volumes are voxel counts times the voxel volume; intensities
+are the input's own values (Hounsfield units for CT) on the input grid; positions are in
+patient LPS millimetres (DICOM's convention; Slicer shows RAS, which negates x and y).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..core.geometry import Geometry
+from ..core.io import atomic_output, output_extension
+from ..core.terminology import LabelInfo
+
+#: columns of the CSV file, in order (``frame`` only for a time series)
+COLUMNS = ("structure", "label", "frame", "voxels", "volume_ml", "mean", "std", "median", "p5", "p95",
+           "centroid_lps_x_mm", "centroid_lps_y_mm", "centroid_lps_z_mm",
+           "bbox_min_i", "bbox_min_j", "bbox_min_k", "bbox_max_i", "bbox_max_j", "bbox_max_k")
+
+
+def structure_statistics(labels: np.ndarray, image: np.ndarray, geometry: Geometry,
+                         label_infos: Sequence[LabelInfo]) -> List[Dict[str, object]]:
+    """One row per structure (and per frame of a time series).
+
+    labels, image: (z, y, x), or (t, z, y, x) for a cine, on ``geometry``. A structure absent
+    from a frame has 0 voxels and None for everything measured inside it. Bounding boxes are
+    inclusive voxel indices (i, j, k) = (x, y, z).
+    """
+    frames = [(None, labels, image)] if labels.ndim == 3 else \
+        [(t, labels[t], image[t]) for t in range(labels.shape[0])]
+    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    to_lps = geometry.index_to_lps()
+    rows = []
+    for frame, frame_labels, frame_image in frames:
+        for info in label_infos:
+            mask = frame_labels == info.value
+            count = int(np.count_nonzero(mask))
+            row: Dict[str, object] = {"structure": info.name, "label": info.value, "frame": frame,
+                                      "voxels": count, "volume_ml": count * voxel_ml}
+            if count:
+                values = frame_image[mask].astype(np.float64)
+                p5, median, p95 = np.percentile(values, [5, 50, 95])
+                k, j, i = np.nonzero(mask)
+                centroid = to_lps @ np.array([i.mean(), j.mean(), k.mean(), 1.0])
+                row.update(mean=float(values.mean()), std=float(values.std()), median=float(median),
+                           p5=float(p5), p95=float(p95),
+                           centroid_lps_x_mm=float(centroid[0]), centroid_lps_y_mm=float(centroid[1]),
+                           centroid_lps_z_mm=float(centroid[2]),
+                           bbox_min_i=int(i.min()), bbox_min_j=int(j.min()), bbox_min_k=int(k.min()),
+                           bbox_max_i=int(i.max()), bbox_max_j=int(j.max()), bbox_max_k=int(k.max()))
+            rows.append({column: row.get(column) for column in COLUMNS})
+    return rows
+
+
+def write_statistics(path, rows: List[Dict[str, object]], units: Optional[str] = None) -> None:
+    """``.json`` (with the units and the coordinate convention) or ``.csv``, atomically."""
+    extension = output_extension(path, (".json", ".csv"))
+    with atomic_output(path) as temporary:
+        if extension == ".json":
+            document = {"coordinates": "LPS (DICOM patient coordinates), mm", "intensity_units": units or "",
+                        "volume_units": "mL", "bounding_box": "inclusive voxel indices (i, j, k)",
+                        "structures": rows}
+            temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+            return
+        with open(temporary, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def write_masks(folder, labels: np.ndarray, geometry: Geometry, label_infos: Sequence[LabelInfo],
+                frame_spacing: Optional[float] = None) -> List[str]:
+    """One binary NIfTI per structure in ``folder`` (created), named after it ("left kidney" ->
+    ``left_kidney.nii.gz``), as TotalSegmentator writes them; returns the file names."""
+    from pathlib import Path
+
+    from ..core.io import write_image
+
+    folder = Path(folder)
+    folder.mkdir(exist_ok=True)
+    names = []
+    for info in label_infos:
+        name = "_".join(info.name.lower().split()) + ".nii.gz"
+        write_image(folder / name, (labels == info.value).astype(np.uint8), geometry, frame_spacing)
+        names.append(name)
+    return names
