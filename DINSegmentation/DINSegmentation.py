@@ -179,6 +179,7 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._result = None
         self._previewNode = None
+        self._worker = None  # the warm engine: one child process that keeps the model loaded
 
     # -- set-up ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -212,6 +213,9 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.cancelJob(kill=True)
+        if self._worker is not None:
+            self._worker.stop()  # never waits: the child ends with its process group
+            self._worker = None
         self.removeObservers()
 
     def enter(self) -> None:
@@ -374,8 +378,13 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             options = SegmentOptions.for_gui(p.enhancementMethod, p.enhancementStrength, model=p.model,
                                              device=p.device, largest_component=p.largestComponent or None,
                                              fill_holes=p.fillHoles or None)
+            if self._worker is None:
+                from dinseg.pipeline.worker import Worker
+                from dinseg.slicer.job import default_python
+
+                self._worker = Worker(python=default_python(), temp_root=slicer.app.temporaryPath)
             job = self.logic.mrml.segmentation.create_job(p.inputVolume, options, output=p.outputSegmentation,
-                                                          all_frames=p.allFrames, temp_root=slicer.app.temporaryPath)
+                                                          all_frames=p.allFrames, worker=self._worker)
             job.start()
             self._job = job
             self.ui.segmentButton.text = _("Cancel")

@@ -887,3 +887,27 @@ def test_dicom_seg_into_the_database_imports_a_copy_and_reports_a_failed_import(
             logic.reports.save_dicom_seg_to_database(segmentation, volume, database, failed_import,
                                                      temp_root=str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["database", "series"], "a failed import left files"
+
+
+def test_a_job_in_the_warm_worker_imports_the_same_labels_and_keeps_the_worker(ct, card, card_path, tmp_path):
+    from dinseg.pipeline.worker import Worker
+
+    worker = Worker(temp_root=str(tmp_path))
+    scene = ct.env.scene
+    try:
+        pids = []
+        for _ in range(2):
+            job = ct.logic.segmentation.create_job(ct.volume, SegmentOptions(model=card_path, device="cpu"),
+                                                   worker=worker).start()
+            assert job.wait(timeout=240) and job.state == "succeeded", job.error
+            pids.append(worker.process.pid)
+            node = job.finish()
+            try:
+                assert np.array_equal(convert.segmentation_to_labels(node, ct.volume, card.labels), ct.labels)
+                assert convert.model_of(node).path == card.path
+            finally:
+                remove_node(scene, node)
+        assert pids[0] == pids[1], "the second run started a new process"
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        worker.close()

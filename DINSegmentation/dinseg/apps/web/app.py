@@ -37,6 +37,7 @@ from ...slicer.convert import segmentation_to_labels, volume_to_image
 from ...slicer.logic import DINSegmentationMRMLLogic
 from ...core.errors import DinsegError, InputError, OutputError
 from ...pipeline.job import JobState
+from ...pipeline.worker import Worker
 from ...core.samples import SAMPLES
 from .files import DataFolder, UploadArea
 from .scene import add_image
@@ -123,6 +124,7 @@ class DinsegWebApp:
         self.segmentation_sequence = None
         self.enhanced = None
         self.job = None
+        self.worker = Worker(temp_root=uploads.folder)  # the warm engine: models stay loaded between runs
         self._table_task = None
 
         state = self.state
@@ -263,7 +265,7 @@ class DinsegWebApp:
                                              model=self.cards[self.state.model], device=self.state.device)
             self.job = self.logic.segmentation.create_job(
                 self.volume, options, all_frames=bool(self.state.all_frames),
-                output=self.segmentation_sequence or self.segmentation)
+                output=self.segmentation_sequence or self.segmentation, worker=self.worker)
             self.job.start()
         except DinsegError as error:
             self.job = None
@@ -578,5 +580,6 @@ def serve(data: str, host: str = "127.0.0.1", port: int = 8080, max_upload_mb: f
     finally:
         if app is not None:
             app._cancel_job()
+            app.worker.close()
         uploads.close()
     return 0
