@@ -205,6 +205,10 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.show3DButton.connect("clicked(bool)", self.onShow3DButton)
         self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditorButton)
         self.ui.saveDicomSegButton.connect("clicked(bool)", self.onSaveDicomSegButton)
+        self.ui.positiveClickButton.connect("toggled(bool)", lambda on: self.onClickModeToggled(True, on))
+        self.ui.negativeClickButton.connect("toggled(bool)", lambda on: self.onClickModeToggled(False, on))
+        self.ui.undoClickButton.connect("clicked(bool)", self.onUndoClickButton)
+        self.ui.doneClicksButton.connect("clicked(bool)", self.onDoneClicksButton)
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.setValue(0)
 
@@ -231,6 +235,7 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelJob(kill=True)
+        self.onDoneClicksButton()
         self.setParameterNode(None)
         self._result = None
         self._previewNode = None
@@ -330,6 +335,7 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editInSegmentEditorButton.enabled = result is not None and not running
         fromDicom = self._jobVolume is not None and bool(self._jobVolume.GetAttribute("DICOM.instanceUIDs"))
         self.ui.saveDicomSegButton.enabled = result is not None and not running and fromDicom
+        self._updateClickSegments(result if not running else None)
 
     def _resultSegmentation(self):
         """The segmentation node of the last successful run, if it is still in the scene."""
@@ -415,6 +421,13 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._showStatistics(job)
                     self._showCardiacFunction(job)
                     self.ui.statusLabel.text = _("Done in {seconds:.1f} s.").format(seconds=job.elapsed)
+                    quality = getattr(job.runner, "quality", None) or {}
+                    if quality.get("status") == "review":  # dinseg.reports.quality: what to check first
+                        for reason in quality["reasons"]:
+                            self.ui.logTextEdit.appendPlainText(_("Check: {reason}").format(reason=reason))
+                        self.ui.statusLabel.text = _("Done; check before use: {reasons}").format(
+                            reasons="; ".join(quality["reasons"]))
+                        self.ui.logCollapsibleGroupBox.collapsed = False
             else:
                 self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error or job.state)
                 self.ui.logCollapsibleGroupBox.collapsed = False
@@ -499,6 +512,88 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 lambda folder: DICOMUtils.importDicom(folder, copyFiles=True),
                 temp_root=slicer.app.temporaryPath)
             self.ui.statusLabel.text = _("Saved {name} to the DICOM database.").format(name=path.name)
+
+    # -- correct with clicks -----------------------------------------------------------------
+    def _updateClickSegments(self, segmentation) -> None:
+        """The structures of the result in the click section's list; its buttons enabled with a result."""
+        combo = self.ui.clickSegmentComboBox
+        current = combo.currentData
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        if segmentation is not None:
+            segments = segmentation.GetSegmentation()
+            for i in range(segments.GetNumberOfSegments()):
+                combo.addItem(segments.GetNthSegment(i).GetName(), segments.GetNthSegmentID(i))
+            index = combo.findData(current)
+            combo.currentIndex = max(index, 0)
+        combo.blockSignals(wasBlocked)
+        for widget in (combo, self.ui.positiveClickButton, self.ui.negativeClickButton):
+            widget.enabled = segmentation is not None
+        session = self.logic.mrml.clicks.session
+        self.ui.undoClickButton.enabled = session is not None and bool(session.history)
+        self.ui.doneClicksButton.enabled = session is not None
+
+    def onClickModeToggled(self, positive, on) -> None:
+        """A toggle on: left clicks in slice views place points of that sign, each correcting the structure."""
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        if not on:
+            if not (self.ui.positiveClickButton.checked or self.ui.negativeClickButton.checked):
+                interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+            return
+        other = self.ui.negativeClickButton if positive else self.ui.positiveClickButton
+        wasBlocked = other.blockSignals(True)
+        other.checked = False
+        other.blockSignals(wasBlocked)
+        with slicer.util.tryWithErrorDisplay(_("Failed to start click correction."), waitCursor=True):
+            if not self.logic.ensure("segment"):
+                self.ui.positiveClickButton.checked = self.ui.negativeClickButton.checked = False
+                return
+            clicks = self.logic.mrml.clicks
+            segmentation, segmentId = self._resultSegmentation(), self.ui.clickSegmentComboBox.currentData
+            session = clicks.session
+            if session is None or session.segmentation is not segmentation or session.segment_id != segmentId:
+                self._stopObservingClicks()
+                session = clicks.start(self._jobVolume or self._parameterNode.inputVolume, segmentation, segmentId)
+                for points in (session.positive, session.negative):
+                    self.addObserver(points, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onClickPlaced)
+            points = session.positive if positive else session.negative
+            selection = slicer.app.applicationLogic().GetSelectionNode()
+            selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+            selection.SetActivePlaceNodeID(points.GetID())
+            interaction.SetPlaceModePersistence(1)
+            interaction.SetCurrentInteractionMode(interaction.Place)
+            self.updateGUIFromParameterNode()
+
+    def onClickPlaced(self, caller, event) -> None:
+        session = self.logic.mrml.clicks.session
+        if session is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("The click could not correct the structure."), waitCursor=True):
+            voxels = self.logic.mrml.clicks.correct_last(caller is session.positive)
+            self.ui.statusLabel.text = _("{name}: {voxels} voxels after {clicks} click(s).").format(
+                name=self.ui.clickSegmentComboBox.currentText, voxels=voxels, clicks=len(session.history))
+        self.updateGUIFromParameterNode()
+
+    def onUndoClickButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to undo the click."), waitCursor=True):
+            self.logic.mrml.clicks.undo()
+        self.updateGUIFromParameterNode()
+
+    def onDoneClicksButton(self) -> None:
+        """End click correction: place mode off, the points removed, the segment kept as corrected."""
+        self._stopObservingClicks()
+        for button in (self.ui.positiveClickButton, self.ui.negativeClickButton):
+            button.checked = False
+        if self.logic is not None:
+            self.logic.mrml.clicks.end()
+        if self._parameterNode is not None:
+            self.updateGUIFromParameterNode()
+
+    def _stopObservingClicks(self) -> None:
+        session = self.logic.mrml.clicks.session if self.logic is not None else None
+        if session is not None:
+            for points in (session.positive, session.negative):
+                self.removeObserver(points, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onClickPlaced)
 
     def onEditInSegmentEditorButton(self) -> None:
         segmentation = self._resultSegmentation()

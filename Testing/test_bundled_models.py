@@ -33,12 +33,14 @@ MR_CHAOS_PATIENT, MR_MEAN_DICE_FLOOR = "chaos_t2_34", 0.85
 #: storage, not generalisation (README gives the recipe's held-out figures)
 CARDIAC_TEST_PATIENTS = (4, 11, 17)
 CARDIAC_MEAN_DICE_FLOOR = 0.87
-#: patient090's whole cine (held out until 1.5.0, trained on since 1.6.0): LV EF 46.7 % from the
-#: model (1.5.0 and 1.6.0) against 44.9 % from the expert's ED/ES labels (1.4.0 gave +2.6 points,
-#: 1.3.0 +8.5, 1.2.0 +7.5). One patient's error varies this much between versions; the issue's
-#: 4-point target is for the mean over patients (the recipe: 4.8 on the 20 held-out ones, `dinseg
-#: evaluate`), so this guard sits wider
-CARDIAC_EF_TOLERANCE = 9.0
+#: patient090's whole cine (held out until 1.5.0, trained on since 1.6.0): LV EF 46.70 % from the
+#: model (1.5.0 and 1.6.0) against 44.86 % from the expert's ED/ES labels, an error of +1.84 points
+#: (measured by this test, 2026-12-05; 1.4.0 gave +2.6, 1.3.0 +8.5, 1.2.0 +7.5). The bound is that
+#: measurement plus a margin of 1.16 points for CPU-to-CPU float differences (a few boundary voxels
+#: move this EF by tenths of a point), so a model as far off as 1.2.0 or 1.3.0 fails it. The
+#: issue's 4-point target is for the mean over patients (the recipe: 4.8 on the 20 held-out ones,
+#: `dinseg evaluate`)
+CARDIAC_EF_TOLERANCE = 3.0
 
 
 @pytest.mark.parametrize("name", BUNDLED)

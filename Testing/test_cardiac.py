@@ -167,3 +167,48 @@ def test_a_ct_clipped_to_a_soft_tissue_window_still_reads_as_ct():
     assert guess_modality(windowed) == "CT"
     assert guess_modality(read_volume(SAMPLE_MR).array) == "MR"
     assert guess_modality(read_volume(acdc_patient(90) / "patient090_frame04.nii.gz").array) == "MR"
+
+
+def _cine_labels(tmp_path, lv_sides=(6, 10, 8, 4, 7)):
+    """A small 4D labelmap (t, z, y, x): a square LV (3) of the given side per frame inside a myocardium
+    (2), an RV (1) beside it; voxels of 1.5 x 1.5 x 8 mm."""
+    frames = np.zeros((len(lv_sides), 3, 24, 32), np.uint8)
+    for t, side in enumerate(lv_sides):
+        frames[t, :, 1:23, 1:23] = 2
+        frames[t, :, 11 - side // 2:11 - side // 2 + side, 11 - side // 2:11 - side // 2 + side] = 3
+        frames[t, :, 4:20, 24:30] = 1
+    return _frame_file(tmp_path, "cine_labels.nii.gz", frames), frames
+
+
+def test_cli_ed_and_es_choose_the_frames_counted_from_1(tmp_path, capsys):
+    """--ed/--es override the largest/smallest LV rule and count from 1: frames 3 and 5 of 5 here, where
+    the rule would take 2 and 4."""
+    path, frames = _cine_labels(tmp_path)
+    voxel_ml = 1.5 * 1.5 * 8.0 / 1000
+    lv = [np.count_nonzero(frame == 3) * voxel_ml for frame in frames]
+    assert main(["cardiac-function", path, "--labels", "--json", str(tmp_path / "rule.json")]) == 0
+    rule = json.loads((tmp_path / "rule.json").read_text())
+    assert (rule["ed_frame"], rule["es_frame"]) == (2, 4)
+    capsys.readouterr()
+    assert main(["cardiac-function", path, "--labels", "--ed", "3", "--es", "5", "--json",
+                 str(tmp_path / "given.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("ED frame 3, ES frame 5 (of 5; 1 = first)")
+    given = json.loads((tmp_path / "given.json").read_text())
+    assert (given["ed_frame"], given["es_frame"]) == (3, 5)
+    assert given["lv_edv_ml"] == pytest.approx(lv[2]) and given["lv_esv_ml"] == pytest.approx(lv[4])
+    assert given["lv_ef_percent"] == pytest.approx(100 * (lv[2] - lv[4]) / lv[2])
+    assert given["lv_mass_g"] == pytest.approx(1.05 * np.count_nonzero(frames[2] == 2) * voxel_ml)
+
+
+@pytest.mark.parametrize("flags, message", [(["--es", "6"], "ES frame 6 is outside frames 1..5"),
+                                            (["--ed", "0"], "ED frame 0 is outside frames 1..5"),
+                                            (["--ed", "4", "--es", "4"], None)])
+def test_cli_frames_outside_the_cine_are_one_line_exit_2(tmp_path, capsys, flags, message):
+    path, _ = _cine_labels(tmp_path)
+    code = main(["cardiac-function", path, "--labels", *flags, "--json", str(tmp_path / "out.json")])
+    captured = capsys.readouterr()
+    if message is None:  # the same frame as ED and ES is measurable: no ejection at all
+        assert code == 0 and json.loads((tmp_path / "out.json").read_text())["lv_ef_percent"] == 0.0
+        return
+    assert code == 2 and captured.err.strip().splitlines() == [f"dinseg: error: {message}"], captured.err
+    assert not (tmp_path / "out.json").exists()

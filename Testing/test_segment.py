@@ -210,10 +210,11 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_labels(random_ct_mode
 # ---- bad input: one clear line, non-zero exit, nothing written -----------------------------
 
 def _expect_failure(capsys, args, message, out_path):
+    """Exit 2, the whole of stderr one line ``dinseg: error: ...`` holding ``message``, nothing written."""
     code = main(args)
     error = capsys.readouterr().err.strip().splitlines()
-    assert code != 0
-    assert error and error[-1].startswith("dinseg: error:") and message in error[-1], error
+    assert code == 2
+    assert len(error) == 1 and error[0].startswith("dinseg: error:") and message in error[0], error
     folder = Path(out_path).parent
     assert not Path(out_path).exists()
     assert not folder.exists() or not any(p.name.startswith(".") for p in folder.iterdir()), "temporary file left"
@@ -557,9 +558,11 @@ def test_rotation_averaging_is_refused_for_a_model_trained_on_small_rotations(ra
     assert Segmenter(narrow, device="cpu", rotations=1).rotations == 1
 
 
-def test_reduced_precision_only_on_cuda_so_cpu_labels_are_float32s(ct_crop, tmp_path, capsys):
-    """float16 on CUDA only: on every CPU the default labels are float32's, voxel for voxel."""
+def test_reduced_precision_only_on_cuda_so_cpu_labels_are_float32s(ct_crop, tmp_path, capsys, monkeypatch):
+    """float16 on CUDA only: on every CPU the default is float32's path; and --precision float32 reaches
+    the network, shown where "auto" does reduce precision (a GPU's rule, bfloat16 standing in on a CPU)."""
     from dinseg.core.errors import InputError
+    from dinseg.pipeline import segmenter as segmenter_module
     from dinseg.pipeline.segmenter import half_precision_dtype
     from dinseg.models import find_model
 
@@ -571,13 +574,26 @@ def test_reduced_precision_only_on_cuda_so_cpu_labels_are_float32s(ct_crop, tmp_
     with pytest.raises(InputError, match="precision"):
         half_precision_dtype(cpu, "float8")
     card = find_model("btcv-ct-light")
-    volume = read_volume(ct_crop)
-    exact = Segmenter(card, device="cpu", precision="float32").segment(volume).labels
-    auto = Segmenter(card, device="cpu").segment(volume).labels
-    assert np.array_equal(exact, auto)
-    out = tmp_path / "f32.nii.gz"
-    assert main(["segment", str(ct_crop), "-o", str(out), "--device", "cpu", "--precision", "float32"]) == 0
-    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), exact)
+    assert Segmenter(card, device="cpu").half_dtype is None  # auto on a CPU: no autocast at all
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exact = Segmenter(card, device="cpu", precision="float32").segment(read_volume(ct_crop)).labels
+
+        def as_on_a_gpu(device, precision="auto"):  # the real rule for CUDA; bfloat16 is what a CPU can run
+            return None if half_precision_dtype(torch.device("cuda"), precision) is None else torch.bfloat16
+
+        monkeypatch.setattr(segmenter_module, "half_precision_dtype", as_on_a_gpu)
+        outputs = {}
+        for name, flags in (("auto", []), ("float32", ["--precision", "float32"])):
+            outputs[name] = tmp_path / f"{name}.nii.gz"
+            assert main(["segment", str(ct_crop), "-o", str(outputs[name]), "--device", "cpu", "--threads", "1",
+                         *flags]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    reduced, forced = (sitk.GetArrayFromImage(sitk.ReadImage(str(outputs[name]))) for name in ("auto", "float32"))
+    assert not np.array_equal(reduced, exact), "auto did not reduce precision: the comparison below proves nothing"
+    assert np.array_equal(forced, exact)
     with pytest.raises(SystemExit):
         main(["segment", str(ct_crop), "-o", str(tmp_path / "x.nii.gz"), "--precision", "half"])
     assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()

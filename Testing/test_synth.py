@@ -141,7 +141,10 @@ def test_write_acdc_phantom_layout(tmp_path):
         assert list(info) == ["ED", "ES", "Group", "Height", "NbFrame", "Weight"]
         ed, es = int(info["ED"]), int(info["ES"])
         assert ed == 1 and 10 <= es <= 14 and int(info["NbFrame"]) > es and info["Group"] == "NOR"
-        float(info["Height"]), float(info["Weight"])
+        # placeholders drawn as synth.write_acdc_phantom does: 155..195 cm, 55..100 kg, one decimal
+        assert 155.0 <= float(info["Height"]) <= 195.0 and info["Height"] == f"{float(info['Height']):.1f}", info
+        assert 55.0 <= float(info["Weight"]) <= 100.0 and info["Weight"] == f"{float(info['Weight']):.1f}", info
+        assert 25 <= int(info["NbFrame"]) <= 35, info
         expected = {f"{name}_frame{f:02d}{s}.nii.gz" for f in (ed, es) for s in ("", "_gt")} | {"Info.cfg"}
         assert {p.name for p in folder.iterdir()} == expected
 

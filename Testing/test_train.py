@@ -52,7 +52,11 @@ def test_a_run_folder_holds_everything_and_its_card_segments(phantom, tmp_path):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [row["epoch"] for row in rows] == ["1", "2"]
-    assert 0 <= float(rows[-1]["dice/mean"]) <= 1 and float(rows[-1]["loss/total"]) > 0
+    # measured by this test on 2026-12-05: validation Dice 0.0618, loss 1.169 after 2 epochs of 3 iterations
+    # (the same in repeated runs); the margins (0.02 Dice, 0.2 loss) allow other CPUs' float differences
+    # over 6 iterations, not a Dice that counts the background (about 0.9) or is stuck at 0
+    assert float(rows[-1]["dice/mean"]) == pytest.approx(0.0618, abs=0.02), rows[-1]
+    assert float(rows[-1]["loss/total"]) == pytest.approx(1.169, abs=0.2), rows[-1]
     card = load_card(result["best_card"])
     assert [label.name for label in card.labels] == ["right ventricle", "myocardium", "left ventricle"]
     assert card.training["iterations"] == 6 and "dice/mean" in card.metrics["validation"]
@@ -122,7 +126,9 @@ def test_bad_data_fails_before_training(phantom, tmp_path, capsys):
     sitk.WriteImage(bad, str(labels))
     code = main(["train", "--data", str(broken), "--layout", "acdc", "--output", str(tmp_path / "run"),
                  "--device", "cpu", "--epochs", "1"])
-    error = capsys.readouterr().err.strip().splitlines()[-1]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines  # the refusal alone, before any training output
+    error = lines[0]
     assert code == 2 and error.startswith("dinseg: error:") and "patient002_frame01" in error and "7" in error
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     (broken / "patient002" / "patient002_frame01_gt.nii.gz").unlink()
@@ -201,7 +207,11 @@ def test_ablation_trains_every_variant_from_one_config_and_tabulates(phantom, tm
                         iterations_per_epoch=2)
     rows = run_ablation(plan)
     assert [row["variant"] for row in rows] == ["single", "concat", "difm"]
-    assert all(row["iterations"] == 2 and 0 <= row["dice"] <= 1 for row in rows)
+    assert all(row["iterations"] == 2 for row in rows)
+    # validation Dice after 2 iterations, measured by this test on 2026-12-05 (the same in repeated runs);
+    # 0.02 of margin for other CPUs' float differences
+    measured = {"single": 0.0576, "concat": 0.0205, "difm": 0.0761}
+    assert {row["variant"]: row["dice"] for row in rows} == pytest.approx(measured, abs=0.02), rows
     assert all((tmp_path / "ablation" / "runs" / f"{v}-seed0" / "models" / "last").is_dir()
                for v in ("single", "concat", "difm"))
     table = (tmp_path / "ablation" / "ablation.md").read_text(encoding="utf-8")

@@ -33,7 +33,10 @@ MISSING = [name for name, found in (("trame-slicer", importlib.util.find_spec("t
 needs_browser = pytest.mark.skipif(bool(MISSING), reason=f"the browser tests need {', '.join(MISSING)} "
                                                          "(pip install -e '.[web]'; apt-get install chromium)")
 #: one thread everywhere: the server's segmentation and `dinseg segment` must compute alike
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "DINSegmentation")}
+#: the page's token for the servers these tests start (given through the environment, as scripts do)
+TOKEN = "test-token-0123456789abcdefghij"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "DINSegmentation"),
+       "DINSEG_WEB_TOKEN": TOKEN}
 UPLOAD_LIMIT_MB = 4  # the bundled CT (2.2 MB) fits, a 5 MB file does not
 
 
@@ -65,6 +68,57 @@ def test_data_folder_refuses_paths_that_leave_it(data_folder, tmp_path):
         folder.writable_target(tmp_path / "elsewhere.seg.nrrd")
 
 
+def test_a_sibling_folder_whose_name_starts_with_the_data_folders_is_outside(data_folder, tmp_path):
+    """``data-private`` beside ``data`` shares its name as a prefix, not a parent: nothing in it may be
+    opened, listed (through a link) or written."""
+    sibling = tmp_path / f"{data_folder.name}-private"
+    sibling.mkdir()
+    shutil.copy(SAMPLE_CT, sibling / "secret.nii.gz")
+    (data_folder / "cases" / "link_private.nii.gz").symlink_to(sibling / "secret.nii.gz")
+    folder = DataFolder(data_folder)
+    for path in (f"../{sibling.name}/secret.nii.gz", str(sibling / "secret.nii.gz"), "cases/link_private.nii.gz"):
+        with pytest.raises(InputError, match="is outside the data folder"):
+            folder.resolve(path)
+    with pytest.raises(InputError, match="not in the data folder"):
+        folder.writable_target(sibling / "secret.seg.nrrd")
+    assert folder.image_files() == ["cases/ct.nii.gz", "corrupt.nii.gz"]
+    inside = data_folder / "cases" / "ct.seg.nrrd"
+    assert folder.writable_target(inside) == data_folder.resolve() / "cases" / "ct.seg.nrrd"
+
+
+def test_zip_uploads_that_unpack_past_the_limit_or_hold_nothing_are_refused(tmp_path):
+    import zipfile
+
+    uploads = UploadArea(max_bytes=1_000_000, temp_root=str(tmp_path))
+
+    def upload_zip(name, members):
+        archive = tmp_path / name
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+            for member, data in members.items():
+                if member.endswith("/"):
+                    bundle.mkdir(member) if hasattr(bundle, "mkdir") else bundle.writestr(member, b"")
+                else:
+                    bundle.writestr(member, data)
+        upload = uploads.begin(name, archive.stat().st_size)  # the upload itself fits easily
+        uploads.append(upload, archive.read_bytes())
+        return uploads.finish(upload)
+
+    unpacked_files = lambda: sorted(p.relative_to(uploads.folder).as_posix()  # noqa: E731
+                                    for p in uploads.folder.rglob("*") if p.is_file())
+    with pytest.raises(InputError, match=r"bomb.zip: unpacks to 1\.0 MB, more than this server accepts \(1\.0 MB\)"):
+        upload_zip("bomb.zip", {"series/1.dcm": b"\0" * 500_000, "series/2.dcm": b"\0" * 500_001})
+    assert unpacked_files() == [], "a refused archive left files"
+    series = upload_zip("series.zip", {"series/1.dcm": b"\0" * 500_000, "series/2.dcm": b"\0" * 500_000})
+    assert unpacked_files() == ["upload-2/series/series/1.dcm", "upload-2/series/series/2.dcm"]
+    assert series == uploads.folder / "upload-2" / "series"  # the limit itself is accepted
+    for name, members in (("empty.zip", {}), ("folders.zip", {"series/": b"", "series/inner/": b""})):
+        with pytest.raises(InputError, match=f"{name}: the archive is empty"):
+            upload_zip(name, members)
+    assert unpacked_files() == ["upload-2/series/series/1.dcm", "upload-2/series/series/2.dcm"]
+    uploads.close()
+    assert not uploads.folder.exists()
+
+
 def test_upload_limit_and_zip_members_that_leave_the_folder(tmp_path):
     import zipfile
 
@@ -85,6 +139,85 @@ def test_upload_limit_and_zip_members_that_leave_the_folder(tmp_path):
     assert not list(tmp_path.rglob("escape.nii.gz")) and not list(tmp_path.rglob("evil.dcm"))
     uploads.close()
     assert not uploads.folder.exists()
+
+
+def test_data_folder_listing_and_its_one_line_refusals(tmp_path, monkeypatch):
+    from dinseg.apps.web import files
+
+    with pytest.raises(InputError) as missing:
+        DataFolder(tmp_path / "nowhere")
+    assert str(missing.value) == f"{tmp_path / 'nowhere'}: the data folder does not exist"
+    data = tmp_path / "data"
+    for name in ("a.txt", "b.nii.gz", "c.SEG.NRRD", "d.seg.nrrd", "E.NII.GZ", ".hidden/f.nii.gz", "g/h.mha",
+                 "series.zip", "x.dcm"):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes(b"x")
+    folder = DataFolder(data)
+    assert folder.image_files() == ["E.NII.GZ", "b.nii.gz", "g/h.mha", "series.zip", "x.dcm"]
+    for empty in ("", "   ", None):
+        with pytest.raises(InputError) as refused:
+            folder.resolve(empty)
+        assert str(refused.value) == "no file chosen in the data folder"
+    monkeypatch.setattr(files, "MAX_LISTED_FILES", 3)
+    assert folder.image_files() == ["E.NII.GZ", "b.nii.gz", "series.zip"]  # a huge share is cut, still sorted
+
+
+def test_uploads_by_size_name_and_id_with_their_messages(tmp_path):
+    uploads = UploadArea(max_bytes=1_000_000, temp_root=str(tmp_path))
+    assert uploads.folder.parent == tmp_path and uploads.folder.name.startswith("dinseg-web-")
+
+    def refusal(call, *args) -> str:
+        with pytest.raises(InputError) as refused:
+            call(*args)
+        return str(refused.value)
+
+    assert refusal(uploads.begin, "big.nii.gz", 1_050_001) == \
+        "big.nii.gz: is 1.1 MB, more than this server accepts (1.0 MB; dinseg web --max-upload-mb)"
+    assert refusal(uploads.begin, "none.nii.gz", 0) == "none.nii.gz: the file is empty (0 bytes)"
+    for name in ("..", ".", "/", "a/.."):
+        assert refusal(uploads.begin, name, 10) == f"{name!r}: not a file name"
+    one = uploads.begin("C:\\Users\\me\\ct.nii.gz", 1)   # a Windows path keeps its base name only
+    uploads.append(one, b"x")
+    assert uploads.finish(one) == uploads.folder / "upload-1" / "ct.nii.gz"  # refused names made no upload
+    whole = uploads.begin("whole.nrrd", 1_000_000)   # exactly the limit is accepted, declared and sent
+    uploads.append(whole, b"x" * 600_000)
+    uploads.append(whole, b"x" * 400_000)
+    assert uploads.finish(whole).stat().st_size == 1_000_000
+    over = uploads.begin("over.nrrd", 10)
+    uploads.append(over, b"x" * 999_999)
+    assert refusal(uploads.append, over, b"xx") == \
+        "over.nrrd: is more than this server accepts (1.0 MB; dinseg web --max-upload-mb)"
+    gone = "this upload was not started or was already refused"
+    assert refusal(uploads.append, over, b"x") == gone and refusal(uploads.finish, over) == gone
+    assert refusal(uploads.append, "nope", b"x") == gone and refusal(uploads.finish, "nope") == gone
+    uploads.discard("nope")  # unknown or already refused: nothing to do
+    assert not list(uploads.folder.rglob("over.nrrd")), "a refused upload's bytes were kept"
+    late = uploads.begin("late.nii.gz", 5)
+    uploads.close()
+    uploads.discard(late)    # a refusal after shutdown (the folder is gone): no error
+    uploads.close()          # closing twice is harmless
+    assert not uploads.folder.exists()
+
+
+def test_zip_uploads_unpack_nested_series_and_refuse_what_is_not_a_zip(tmp_path):
+    import zipfile
+
+    uploads = UploadArea(max_bytes=1_000_000, temp_root=str(tmp_path))
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("study/series/deep/1.dcm", b"one")
+    upload = uploads.begin(".zip", archive.stat().st_size)   # a name that is only the extension
+    uploads.append(upload, archive.read_bytes())
+    unpacked = uploads.finish(upload)
+    assert unpacked.name == "series" and (unpacked / "study" / "series" / "deep" / "1.dcm").read_bytes() == b"one"
+    assert not (unpacked.parent / ".zip").exists(), "the archive is removed once unpacked"
+    upload = uploads.begin("broken.zip", 100)
+    uploads.append(upload, b"PK not really a zip" * 5)
+    with pytest.raises(InputError) as refused:
+        uploads.finish(upload)
+    assert str(refused.value) == "broken.zip: is not a readable zip archive"
+    assert not list(uploads.folder.rglob("broken.zip"))
+    uploads.close()
 
 
 def test_cli_without_the_web_extra_says_what_to_install():
@@ -163,7 +296,7 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
-            _wait_for(lambda: _page_opens(page, f"http://127.0.0.1:{port}/"), 60, "the page")
+            _wait_for(lambda: _page_opens(page, f"http://127.0.0.1:{port}/?token={TOKEN}"), 60, "the page")
             assert "shared session" in page.inner_text("#dinseg-shared-session").lower()
 
             # open the bundled CT: the first image
@@ -178,9 +311,18 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
             _wait_for(lambda: len(page.query_selector_all("main img.image-display-area")) == 2, 30, "two views")
 
             # segment in the background, against `dinseg segment` on the same file
-            clicked = time.monotonic()
+            # Cancel while it runs: the job stops, the scene stays as it was, Segment is offered again
             page.click("#dinseg-segment")
             page.wait_for_selector("#dinseg-cancel", timeout=10000)   # the page stays live while it runs
+            page.click("#dinseg-cancel")
+            _expect_message(page, "cancelled; the scene is as it was")
+            page.wait_for_selector("#dinseg-segment", timeout=10000)
+            assert page.query_selector("#dinseg-structures") is None and \
+                page.inner_text("#dinseg-job-status").startswith("cancelled")
+
+            clicked = time.monotonic()
+            page.click("#dinseg-segment")
+            page.wait_for_selector("#dinseg-cancel", timeout=10000)
             page.wait_for_selector("#dinseg-structures", timeout=180000)
             web_latency = time.monotonic() - clicked
             segmented = _page_counts(page)
@@ -261,9 +403,12 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
         print(f"\ndinseg web: first image {first_image:.1f} s after start; Segment {web_latency:.1f} s in the "
               f"page, `dinseg segment` {cli_latency:.1f} s: ratio {web_latency / cli_latency:.2f}")
     finally:
+        running = server.poll() is None
         server.send_signal(signal.SIGTERM)
         output = server.communicate(timeout=30)[0]
-    assert server.returncode is not None
+    # SIGTERM stops the server as Ctrl-C does: serve() returns, the job and uploads are cleaned up, exit 0
+    assert running, f"the server died before the end of the test:\n{output[-3000:]}"
+    assert server.returncode == 0 and "Traceback" not in output, output[-3000:]
     assert not list(server_temp.iterdir()), f"temporary files left: {list(server_temp.iterdir())}\n{output[-2000:]}"
 
 

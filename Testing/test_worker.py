@@ -99,7 +99,7 @@ def test_cancel_stops_the_request_at_once_and_the_next_one_starts_a_fresh_worker
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_the_worker_ends_with_its_owner_whatever_the_way(tmp_path):
-    owner = textwrap.dedent(f"""
+    owner = textwrap.dedent("""
         import sys, time
         from dinseg.pipeline.worker import Worker
         worker = Worker()

@@ -511,3 +511,282 @@ def format_robustness_table(rows: List[Dict], model: str) -> str:
              + [f"{row['mean_dice']:.3f}", f"{row['seconds']:.1f}"] for row in rows]
     return (f"model {model}; the bundled CT stored in other ways, scored against its "
             "TotalSegmentator labels moved the same way\n\n" + markdown_table(header, table))
+
+
+# -- quality: training statistics for the cards, and the bench-quality table ---------------------------
+
+#: per model: (dataset folder, split file, split) of the images its statistics are computed from
+STATISTICS_SOURCES = {
+    "acdc-light": ("acdc", "configs/data/acdc/splits.json", "train"),
+    "btcv-ct-light": ("btcv_synapse", "configs/data/btcv/splits.json", "train"),
+    "chaos-mr-light": ("chaos_mr_t2", "configs/data/chaos-mr/splits.json", "train"),
+}
+
+
+def _split_cases(data: str, split_file: Optional[str], split: str):
+    from ..training.data import load_split_file, open_dataset, split_cases
+
+    dataset = open_dataset(data)
+    if split == "all":
+        return dataset.cases
+    return split_cases(dataset, load_split_file(split_file) if split_file else None)[split]
+
+
+def training_statistics(model: str, data: str, split_file: Optional[str], split: str = "train",
+                        max_cases: int = 40) -> Dict:
+    """The card's ``training["statistics"]`` block from the expert labels and images of a split (spread
+    over the split when it holds more than ``max_cases`` volumes)."""
+    from ..models import find_model
+    from ..reports.quality import case_statistics, summarize_statistics
+
+    card = find_model(model)
+    cases = _split_cases(data, split_file, split)
+    if len(cases) > max_cases:
+        step = len(cases) / max_cases
+        cases = [cases[int(i * step)] for i in range(max_cases)]
+    names = {int(info.value): info.name for info in card.labels}
+    figures = []
+    for case in cases:
+        volume, truth = case.load()
+        figures.append(case_statistics(volume.array, truth, volume.geometry, names, card.modality,
+                                       card.preprocessing.orientation_mode))
+    command = (f"dinseg bench-quality --fit-statistics {model} --data {data} --split-file {split_file} "
+               f"--split {split} --max-cases {max_cases}")
+    return summarize_statistics(figures, card.modality, list(names.values()),
+                                f"{len(figures)} volumes of {Path(data).name} ({split} split of {split_file}), "
+                                "expert labels", command)
+
+
+def _reversed_axis(volume, truth, lps_axis: int):
+    """The same voxels, the direction column of the index axis closest to LPS ``lps_axis`` negated."""
+    import numpy as np
+
+    from ..core.geometry import Geometry
+    from ..core.io import ImageVolume
+
+    g = volume.geometry
+    matrix = g.direction_matrix.copy()
+    column = int(np.argmax(np.abs(matrix[lps_axis])))
+    matrix[:, column] *= -1
+    geometry = Geometry(size=g.size, spacing=g.spacing, origin=g.origin, direction=tuple(matrix.ravel()))
+    return ImageVolume(array=volume.array, geometry=geometry, modality=volume.modality), truth
+
+
+def _slice_spacing_doubled(volume, truth):
+    from ..core.geometry import Geometry
+    from ..core.io import ImageVolume
+
+    g = volume.geometry
+    spacing = list(g.spacing)
+    spacing[2] *= 2
+    geometry = Geometry(size=g.size, spacing=tuple(spacing), origin=g.origin, direction=g.direction)
+    return ImageVolume(array=volume.array, geometry=geometry, modality=volume.modality), truth
+
+
+def _other_sequence(volume, truth):
+    """A stand-in for another MR sequence: the contrast inverted inside the body (fluid and fat swap)."""
+    import numpy as np
+
+    from ..core.io import ImageVolume
+
+    array = volume.array.astype(np.float32)
+    high = float(np.percentile(array, 99.5))
+    inverted = np.where(array > 0.05 * high, high - np.minimum(array, high), 0.0).astype(np.float32)
+    return ImageVolume(array=inverted, geometry=volume.geometry, modality=volume.modality), truth
+
+
+def _cut_through(volume, truth, value: int):
+    """The field of view cut through the middle of structure ``value`` along the in-plane axis x
+    (the first index axis): the half beyond its centre dropped."""
+    import numpy as np
+
+    from ..core.geometry import Geometry
+    from ..core.io import ImageVolume
+
+    k, j, i = np.nonzero(truth == value)
+    if not i.size:
+        return None
+    cut = int(round(i.mean()))
+    g = volume.geometry
+    geometry = Geometry(size=(cut, g.size[1], g.size[2]), spacing=g.spacing, origin=g.origin, direction=g.direction)
+    return (ImageVolume(array=np.ascontiguousarray(volume.array[..., :cut]), geometry=geometry,
+                        modality=volume.modality), np.ascontiguousarray(truth[..., :cut]))
+
+
+def quality_cases(data_root: str, acdc_patients: int, abdomen_cases: int, mnms_patients: int,
+                  calibration: bool = False):
+    """(set, case name, model, loader) of the validation cases: for the table, the first patients of each
+    validation split; with ``calibration``, the split's other validation patients (never mnms_val)."""
+    import numpy as np
+
+    from ..core.io import read_volume
+
+    root = Path(data_root)
+    cases = []
+    acdc = _split_cases(str(root / "acdc"), "configs/data/acdc/splits.json", "val")
+    groups = list(dict.fromkeys(c.group for c in acdc))
+    chosen = groups[acdc_patients:] if calibration else groups[:acdc_patients]
+    for case in acdc:
+        if case.group in chosen:
+            cases.append(("ACDC val", case.case_id, "acdc-light", case.load))
+    for folder, split_file, model, label in (("btcv_synapse", "configs/data/btcv/splits.json", "btcv-ct-light", "BTCV val"),
+                                             ("chaos_mr_t2", "configs/data/chaos-mr/splits.json", "chaos-mr-light",
+                                              "CHAOS val")):
+        val = _split_cases(str(root / folder), split_file, "val")
+        for case in (val[abdomen_cases:] if calibration else val[:abdomen_cases]):
+            cases.append((label, case.case_id, model, case.load))
+    if calibration:
+        return cases
+
+    def t1_sample():
+        volume = read_volume(root / "abdomen_mr_C" / "image.nii.gz")
+        synapse = read_volume(root / "abdomen_mr_C" / "labels.nii.gz").array
+        truth = np.zeros(synapse.shape, np.uint8)
+        for source, target in ((5, 1), (4, 2), (3, 3), (7, 4)):  # Synapse order -> CHAOS order
+            truth[synapse == source] = target
+        return volume, truth
+
+    cases.append(("T1 to T2 model", "abdomen_mr_C", "chaos-mr-light", t1_sample))
+    patients = sorted(p for vendor in sorted((root / "mnms_val").iterdir()) if vendor.is_dir()
+                      for p in sorted(vendor.iterdir()) if p.is_dir())
+    # alternate vendors: Siemens, Philips, ...
+    by_vendor = [[p for p in patients if p.parent.name == v] for v in sorted({p.parent.name for p in patients})]
+    order = [p for group in zip(*by_vendor) for p in group][:mnms_patients]
+    for patient in order:
+        for phase in ("ED", "ES"):
+            def load(patient=patient, phase=phase):
+                image = read_volume(patient / f"{phase}_{patient.name}_sa.nii.gz")
+                return image, read_volume(patient / f"{phase}_{patient.name}_sa_gt.nii.gz").array.astype(np.uint8)
+            cases.append(("M&Ms val (other vendors)", f"{patient.name} {phase}", "acdc-light", load))
+    return cases
+
+
+def _corruptions(card, volume, truth, include: bool):
+    """name -> (volume, truth) of each corrupted copy (and "as stored")."""
+    copies = {"as stored": (volume, truth)}
+    if not include:
+        return copies
+    copies["left-right reversed in header"] = _reversed_axis(volume, truth, 0)
+    copies["anterior-posterior reversed in header"] = _reversed_axis(volume, truth, 1)
+    copies["slice spacing x2 in header"] = _slice_spacing_doubled(volume, truth)
+    if card.modality.upper() == "MR":
+        copies["other MR sequence (contrast inverted)"] = _other_sequence(volume, truth)
+    organ = {"acdc-light": 3, "btcv-ct-light": 5, "chaos-mr-light": 1}.get(card.name, 1)
+    cut = _cut_through(volume, truth, organ)
+    if cut is not None:
+        copies["field of view cut through " + card.labels[organ - 1].name] = cut
+    return copies
+
+
+def quality_rows(data_root: str, acdc_patients: int = 2, abdomen_cases: int = 2, mnms_patients: int = 2,
+                 threads: int = 1, corrupt: bool = True, calibration: bool = False,
+                 progress: Optional[Callable[[str], None]] = None) -> List[Dict]:
+    """One row per (case, copy, structure): Dice against the expert labels, the verdict, predicted Dice."""
+    import numpy as np
+    import torch
+
+    from ..models import find_model
+    from ..pipeline.files import variant_labels
+    from ..pipeline.segmenter import Segmenter
+    from ..reports.quality import quality_verdict
+
+    torch.set_num_threads(threads)
+    segmenters: Dict[str, object] = {}
+    rows = []
+    for set_name, case_name, model, load in quality_cases(data_root, acdc_patients, abdomen_cases,
+                                                          mnms_patients, calibration):
+        card = find_model(model)
+        segmenter = segmenters.setdefault(model, Segmenter(card, device="cpu"))
+        volume, truth = load()
+        for copy_name, (copy, copy_truth) in _corruptions(card, volume, truth, corrupt and not calibration).items():
+            started = time.perf_counter()
+            labels = segmenter.segment(copy).labels
+            variants = variant_labels(segmenter, copy, labels)
+            verdict = quality_verdict(labels, copy.array, copy.geometry, card, variants=variants,
+                                      modality=card.modality)
+            for info in card.labels:
+                value, name = info.value, info.name
+                truth_mask, mask = copy_truth == value, labels == value
+                if not truth_mask.any():
+                    continue  # a structure absent from the expert labels (BTCV's removed gallbladder)
+                score = {"dice": 2.0 * np.logical_and(mask, truth_mask).sum() / (mask.sum() + truth_mask.sum())}
+                structure = verdict.structures[name]
+                rows.append({"set": set_name, "case": case_name, "copy": copy_name, "model": model,
+                             "structure": name, "dice": float(score["dice"]),
+                             "case_status": verdict.status, "status": structure.status,
+                             "predicted_dice": structure.predicted_dice, "agreement": structure.agreement,
+                             "reasons": verdict.reasons + structure.reasons,
+                             "seconds": time.perf_counter() - started})
+            if progress:
+                progress(f"{set_name} {case_name} {copy_name}: {verdict.status} "
+                         f"({time.perf_counter() - started:.1f} s) {'; '.join(verdict.warnings())[:300]}")
+    return rows
+
+
+def fit_calibration(rows: List[Dict]) -> Dict[str, Dict]:
+    """Per model: the least-squares line Dice = intercept + slope x agreement over its rows."""
+    import numpy as np
+
+    fits = {}
+    for model in sorted({r["model"] for r in rows}):
+        pairs = [(r["agreement"], r["dice"]) for r in rows if r["model"] == model and r["agreement"] is not None]
+        x = np.array([p[0] for p in pairs])
+        y = np.array([p[1] for p in pairs])
+        slope, intercept = np.polyfit(x, y, 1) if len(pairs) >= 3 and np.ptp(x) > 1e-6 else (1.0, float(np.mean(y - x)))
+        fits[model] = {"intercept": round(float(intercept), 4), "slope": round(float(slope), 4), "pairs": len(pairs),
+                       "mae_on_fit": round(float(np.mean(np.abs(intercept + slope * x - y))), 4)}
+    return fits
+
+
+def format_quality_table(rows: List[Dict]) -> str:
+    """Per case and copy: mean Dice, the worst structure, verdict, predicted Dice; then the targets."""
+    import numpy as np
+
+    table = []
+    seen = []
+    for row in rows:
+        key = (row["set"], row["case"], row["copy"])
+        if key not in seen:
+            seen.append(key)
+    for key in seen:
+        group = [r for r in rows if (r["set"], r["case"], r["copy"]) == key]
+        dice = " ".join(f"{r['dice']:.2f}" for r in group)
+        predicted = " ".join("-" if r["predicted_dice"] is None else f"{r['predicted_dice']:.2f}" for r in group)
+        flags = " ".join("R" if r["status"] == "review" else "." for r in group)
+        reasons = "; ".join(dict.fromkeys(group[0]["reasons"][:2]))[:120]
+        table.append([key[0], key[1], key[2], dice, flags, predicted, group[0]["case_status"], reasons])
+    header = ["set", "case", "copy", "Dice per structure", "flagged", "predicted Dice", "case verdict",
+              "first reasons"]
+    failures = [r for r in rows if r["dice"] < 0.70]
+    good = [r for r in rows if r["dice"] >= 0.85]
+    with_prediction = [r for r in rows if r["predicted_dice"] is not None]
+    flagged_failures = sum(r["status"] == "review" for r in failures)
+    flagged_good = sum(r["status"] == "review" for r in good)
+    case_failures = sum(r["case_status"] == "review" for r in failures)
+    case_good = sum(r["case_status"] == "review" for r in good)
+    mae = float(np.mean([abs(r["predicted_dice"] - r["dice"]) for r in with_prediction])) if with_prediction else float("nan")
+    stored = [r for r in with_prediction if r["copy"] == "as stored"]
+    mae_stored = float(np.mean([abs(r["predicted_dice"] - r["dice"]) for r in stored])) if stored else float("nan")
+    summary = [
+        ["structures scored", str(len(rows)), ""],
+        ["failures (Dice < 0.70) flagged, structure verdict", f"{flagged_failures}/{len(failures)}"
+         f" = {100 * flagged_failures / max(len(failures), 1):.0f} %", ">= 90 %"],
+        ["failures flagged, case verdict", f"{case_failures}/{len(failures)}"
+         f" = {100 * case_failures / max(len(failures), 1):.0f} %", ""],
+        ["good (Dice >= 0.85) flagged, structure verdict", f"{flagged_good}/{len(good)}"
+         f" = {100 * flagged_good / max(len(good), 1):.0f} %", "<= 10 %"],
+        ["good flagged, case verdict", f"{case_good}/{len(good)} = {100 * case_good / max(len(good), 1):.0f} %", ""],
+        ["predicted-Dice MAE, all copies", f"{mae:.3f} ({len(with_prediction)} structures)", "<= 0.05"],
+        ["predicted-Dice MAE, as stored only", f"{mae_stored:.3f} ({len(stored)} structures)", ""],
+    ]
+    by_copy = []
+    for copy in dict.fromkeys(r["copy"].split(" through ")[0] for r in rows):
+        group = [r for r in rows if r["copy"].split(" through ")[0] == copy]
+        f = [r for r in group if r["dice"] < 0.70]
+        g = [r for r in group if r["dice"] >= 0.85]
+        by_copy.append([copy, str(len(group)), f"{sum(r['status'] == 'review' for r in f)}/{len(f)}",
+                        f"{sum(r['status'] == 'review' for r in g)}/{len(g)}",
+                        f"{sum(r['case_status'] == 'review' for r in group)}/{len(group)}"])
+    return (markdown_table(header, table) + "\n\n"
+            + markdown_table(["copy", "structures", "failures flagged", "good flagged", "case verdict review"], by_copy)
+            + "\n\n" + markdown_table(["measure", "value", "target"], summary))

@@ -44,6 +44,7 @@ class FileResult:
     timer: object
     enhancement: object
     labels: object
+    quality: object = None  # reports.quality.QualityVerdict, or None when not asked for
 
 
 @dataclass
@@ -57,6 +58,7 @@ class CaseOutcome:
     message: str = ""
     model: str = ""
     seconds: float = 0.0
+    quality: object = None  # reports.quality.QualityVerdict of a written case
 
 
 def refuse_overwriting_inputs(outputs, inputs) -> None:
@@ -134,7 +136,7 @@ def _check_frames_fit(volume, output: Path, frame: Optional[int], name: str) -> 
                          "frame: write .nrrd or .nii.gz for all frames, or choose one with --frames N")
 
 
-def _check_dicom_seg_source(output: Path, volume, name: str) -> None:
+def check_dicom_seg_source(output: Path, volume, name: str) -> None:
     """Before any work: a DICOM SEG output needs a DICOM series input with the UIDs it references."""
     if output.name.lower().endswith(".dcm"):
         from ..reports.dicomseg import source_datasets
@@ -143,19 +145,68 @@ def _check_dicom_seg_source(output: Path, volume, name: str) -> None:
 
 
 def write_result(output: Path, volume, result, card) -> None:
-    """The segmentation in the output's format: DICOM SEG (.dcm), Slicer .seg.nrrd or a labelmap."""
+    """A Segmenter's result in the output's format (see :func:`write_labels`)."""
+    write_labels(output, volume, result.labels, result.geometry, card.labels, card.name, card.version,
+                 result.frame_spacing)
+
+
+def write_labels(output: Path, volume, labels, geometry, label_infos, producer: str, version: str,
+                 frame_spacing=None) -> None:
+    """Labels on ``volume``'s grid in the output's format: DICOM SEG (.dcm, coded with ``label_infos``
+    and naming ``producer`` ``version``), Slicer .seg.nrrd or a labelmap."""
     if output.name.lower().endswith(".dcm"):
         from ..reports.dicomseg import write_dicom_seg
 
-        write_dicom_seg(output, result.labels, volume, card.labels, card.name, card.version)
+        write_dicom_seg(output, labels, volume, label_infos, producer, version)
         return
     from ..reports.segfile import write_segmentation
 
-    write_segmentation(output, result.labels, result.geometry, card.labels, result.frame_spacing)
+    write_segmentation(output, labels, geometry, label_infos, frame_spacing)
+
+
+def variant_labels(segmenter, volume, labels=None, frame: Optional[int] = None,
+                   factors: Sequence[float] = (1.15,)) -> List[object]:
+    """Labels of cheap test-time variants of one 3D image (or ``frame`` of a time series): the image
+    re-stored with its in-plane spacing times each factor (see reports.quality.variant_geometries)."""
+    from ..core.io import ImageVolume
+    from ..reports.quality import variant_geometries
+
+    array = volume.array if frame is None else volume.array[frame]
+    if array.ndim != 3:
+        return []
+    saved, segmenter.progress = segmenter.progress, (lambda stage, done, total: None)
+    try:
+        return [segmenter.segment(ImageVolume(array=array, geometry=geometry, modality=volume.modality)).labels
+                for geometry in variant_geometries(volume.geometry, segmenter.card.preprocessing.orientation_mode,
+                                                   factors)]
+    finally:
+        segmenter.progress = saved
+
+
+def result_quality(volume, result, card, segmenter=None, frame: Optional[int] = None, variants: int = 1):
+    """The reports.quality verdict on a result: one 3D frame with ``variants`` test-time variants (0: none);
+    a time series frame by frame, without variants (merged, reasons named by frame). Never raises: a
+    failure becomes the verdict's note."""
+    from ..reports.quality import QualityVerdict, merge_verdicts, quality_verdict
+    from .segmenter import guess_modality
+
+    try:
+        modality = volume.modality or guess_modality(volume.array)
+        array = volume.array if frame is None else volume.array[frame]
+        labels = result.labels
+        if labels.ndim == 3:
+            factors = (1.15, 0.87, 1.3)[:max(0, int(variants))]
+            computed = variant_labels(segmenter, volume, labels, frame, factors) if segmenter and factors else None
+            return quality_verdict(labels, array, result.geometry, card, variants=computed, modality=modality)
+        verdicts = {f"frame {t + 1}": quality_verdict(labels[t], array[t], result.geometry, card, modality=modality)
+                    for t in range(labels.shape[0])}
+        return merge_verdicts(verdicts)
+    except Exception as error:  # the checks never crash a run
+        return QualityVerdict(notes=[f"the quality checks could not run ({type(error).__name__}: {error})"])
 
 
 def _write_extras(volume, result, card, frame: Optional[int], statistics: Optional[Path],
-                  split: Optional[str]) -> None:
+                  split: Optional[str], quality=None) -> None:
     """The statistics file and per-structure masks asked for, from the same labels as the output."""
     from ..reports.statistics import structure_statistics, write_masks, write_statistics
     from .segmenter import guess_modality
@@ -164,7 +215,7 @@ def _write_extras(volume, result, card, frame: Optional[int], statistics: Option
         array = volume.array if frame is None else volume.array[frame]
         rows = structure_statistics(result.labels, array, result.geometry, card.labels)
         modality = volume.modality or guess_modality(volume.array)
-        write_statistics(statistics, rows, units="HU" if modality == "CT" else "image units")
+        write_statistics(statistics, rows, units="HU" if modality == "CT" else "image units", quality=quality)
     if split:
         write_masks(split, result.labels, result.geometry, card.labels, result.frame_spacing)
 
@@ -172,7 +223,8 @@ def _write_extras(volume, result, card, frame: Optional[int], statistics: Option
 def segment_file(source, output, options: SegmentOptions = SegmentOptions(), *, preview: Optional[str] = None,
                  statistics: Optional[str] = None, split: Optional[str] = None,
                  progress: Optional[ProgressCallback] = None,
-                 segmenters: Optional[SegmenterCache] = None) -> FileResult:
+                 segmenters: Optional[SegmenterCache] = None, quality: bool = True,
+                 quality_variants: int = 1) -> FileResult:
     """Segment one image file or DICOM folder (``sample:NAME`` for a bundled sample) into ``output``.
 
     output: ``.seg.nrrd``, a labelmap (``.nrrd``, ``.nii.gz``, ``.nii``, ``.mha``) or ``.dcm``
@@ -180,6 +232,9 @@ def segment_file(source, output, options: SegmentOptions = SegmentOptions(), *, 
     statistics: a ``.json`` or ``.csv`` of per-structure figures; split: a folder for one mask
     per structure. progress(stage, done, total) is called as slices are segmented. segmenters: a
     cache of loaded models to use and fill (the warm worker keeps one); None loads the model here.
+    quality: give the result a verdict (reports.quality; ``FileResult.quality``, and in the statistics
+    file), with ``quality_variants`` test-time variants for the predicted Dice (each one more pass of
+    the network; 0 for none).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -208,11 +263,15 @@ def segment_file(source, output, options: SegmentOptions = SegmentOptions(), *, 
     segmenter.progress = progress or (lambda stage, done, total: None)
     check_modality(volume, card, strict=options.strict)
     _check_frames_fit(volume, output, options.frame, str(source))
-    _check_dicom_seg_source(output, volume, str(source))
+    check_dicom_seg_source(output, volume, str(source))
     result = segmenter.segment(volume, frame=options.frame, timer=timer)
+    verdict = None
+    if quality:
+        with timer.stage("quality"):
+            verdict = result_quality(volume, result, card, segmenter, options.frame, quality_variants)
     with timer.stage("write"):
         write_result(output, volume, result, card)
-        _write_extras(volume, result, card, options.frame, statistics, split)
+        _write_extras(volume, result, card, options.frame, statistics, split, verdict)
     if preview:
         from ..reports.preview import render_preview
 
@@ -223,7 +282,7 @@ def segment_file(source, output, options: SegmentOptions = SegmentOptions(), *, 
                            card.labels, title=f"{Path(str(source)).name} - {card.name} {card.version}",
                            enhancement=segmenter.enhancement)
     return FileResult(output=output, card=card, device=str(result.device), timer=timer,
-                      enhancement=segmenter.enhancement, labels=result.labels)
+                      enhancement=segmenter.enhancement, labels=result.labels, quality=verdict)
 
 
 def case_name(path: Path) -> str:
@@ -273,7 +332,8 @@ def batch_cases(inputs: Sequence[str]) -> List[Tuple[str, Path]]:
 
 def segment_files(inputs: Sequence[str], folder, options: SegmentOptions = SegmentOptions(), *,
                   output_format: str = "seg.nrrd", statistics: Optional[str] = None,
-                  skip_existing: bool = False) -> Iterator[CaseOutcome]:
+                  skip_existing: bool = False, quality: bool = True,
+                  quality_variants: int = 1) -> Iterator[CaseOutcome]:
     """Segment every case of ``inputs`` into ``folder/<case><extension>``, yielding one outcome per case.
 
     All cases are listed and checked first (two cases writing one output are refused); each model
@@ -306,12 +366,15 @@ def segment_files(inputs: Sequence[str], folder, options: SegmentOptions = Segme
             segmenter = segmenters.get(card)
             check_modality(volume, card, strict=options.strict, name=name)
             _check_frames_fit(volume, output, options.frame, name)
-            _check_dicom_seg_source(output, volume, name)
+            check_dicom_seg_source(output, volume, name)
             result = segmenter.segment(volume, frame=options.frame)
+            verdict = result_quality(volume, result, card, segmenter, options.frame, quality_variants) \
+                if quality else None
             write_result(output, volume, result, card)
             _write_extras(volume, result, card, options.frame,
-                          folder / f"{name}_{Path(statistics).name}" if statistics else None, None)
+                          folder / f"{name}_{Path(statistics).name}" if statistics else None, None, verdict)
         except DinsegError as error:
             yield CaseOutcome(name, source, output, "failed", str(error))
             continue
-        yield CaseOutcome(name, source, output, "written", model=card.name, seconds=time.perf_counter() - started)
+        yield CaseOutcome(name, source, output, "written", model=card.name, seconds=time.perf_counter() - started,
+                          quality=verdict)

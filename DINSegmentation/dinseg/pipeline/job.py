@@ -18,6 +18,7 @@ temporary folder; a second :meth:`cancel` (or :meth:`kill`) kills the group at o
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import os
@@ -53,51 +54,39 @@ class JobState:
     FINISHED = "finished"
 
 
-class SegmentationProcess:
-    """``dinseg segment`` of one input file in a child process, polled without blocking.
+class SegmentationRun(abc.ABC):
+    """What every background segmentation shares, whoever runs it: a temporary folder for the input
+    and the labels, state, progress, log, elapsed time, waiting and the result.
 
-    card: the ModelCard to run (it replaces ``options.model``); options: the
-    :class:`~dinseg.pipeline.options.SegmentOptions`, passed as ``dinseg segment``'s flags;
-    input_name: how messages name the input (its temporary path is replaced by it).
+    Subclasses start the work (:meth:`start`) and handle its messages (:meth:`poll`).
     """
 
     ERROR_PREFIX = "dinseg: error: "
-    #: seconds a cancelled child has to stop after SIGTERM before its process group is killed
-    GRACE_SECONDS = 5.0
 
-    def __init__(self, card, options: Optional[SegmentOptions] = None, python: Optional[str] = None,
-                 temp_root: Optional[str] = None, extra_args: Sequence[str] = (), input_name: str = "input volume"):
+    def __init__(self, card, options: Optional[SegmentOptions], temp_root: Optional[str], input_name: str):
         self.card = card
         self.options = (options or SegmentOptions()).replace(model=str(card.path or card.name))
-        self.python = python or sys.executable
         self.temp_root = temp_root
-        self.extra_args = list(extra_args)
         self.input_name = input_name
         self.state = JobState.CREATED
         self.fraction = 0.0
         self.stage = ""
         self.error: Optional[str] = None
-        self.returncode: Optional[int] = None
         self.log_lines: List[str] = []
         self.temp_dir: Optional[Path] = None
         self.input_path: Optional[Path] = None
         self.output_path: Optional[Path] = None
-        self.process: Optional[subprocess.Popen] = None
         self._log_read = 0
-        self._queue: "queue.Queue" = queue.Queue()
-        self._open_streams = 0
         self._started: Optional[float] = None
         self._ended: Optional[float] = None
-        self._reaper: Optional[threading.Thread] = None
 
-    # -- state -------------------------------------------------------------------------------
     @property
     def running(self) -> bool:
         return self.state == JobState.RUNNING
 
     @property
     def elapsed(self) -> float:
-        """Seconds since start (frozen when the process ended)."""
+        """Seconds since start (frozen when the run ended)."""
         if self._started is None:
             return 0.0
         return (self._ended or time.monotonic()) - self._started
@@ -106,6 +95,73 @@ class SegmentationProcess:
         lines = self.log_lines[self._log_read:]
         self._log_read = len(self.log_lines)
         return lines
+
+    def prepare(self, input_name: str = "input.nrrd", output_name: str = "output-labels.nrrd") -> Path:
+        """Create the temporary folder; returns the path the caller writes the input image to."""
+        if self.state != JobState.CREATED or self.temp_dir is not None:
+            raise RuntimeError(f"the job was already prepared ({self.state})")
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="DINSegmentation-", dir=self.temp_root))
+        self.input_path = self.temp_dir / input_name
+        self.output_path = self.temp_dir / output_name
+        return self.input_path
+
+    @abc.abstractmethod
+    def poll(self) -> bool:
+        """Handle the run's messages so far; True while it runs. Call it often (GUI timer, loop)."""
+
+    def _progress(self, event: Dict[str, Any]) -> None:
+        """A {"stage", "done", "total"} progress event of ``dinseg segment --progress json``."""
+        total = max(int(event.get("total", 1)), 1)
+        self.fraction = min(max(int(event.get("done", 0)) / total, 0.0), 1.0)
+        self.stage = f"{event.get('stage', '')} {event.get('done')}/{total}"
+
+    def _user_message(self, message: str) -> str:
+        """An error message naming the input as the user knows it, not by its temporary path."""
+        return message.replace(str(self.input_path), self.input_name) if self.input_path is not None else message
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.02) -> bool:
+        """Poll until the run ends (True) or ``timeout`` seconds pass (False); not for a GUI thread."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(interval)
+        return True
+
+    def read_result(self) -> np.ndarray:
+        """The labels written: (z, y, x) or (t, z, y, x) uint8."""
+        import SimpleITK as sitk
+
+        if self.state != JobState.SUCCEEDED:
+            raise RuntimeError(self.error or f"the segmentation was {self.state}")
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(self.output_path))).astype(np.uint8)
+
+    def remove_temp_dir(self) -> None:
+        if self.temp_dir is not None and self.temp_dir.exists():
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class SegmentationProcess(SegmentationRun):
+    """``dinseg segment`` of one input file in a child process, polled without blocking.
+
+    card: the ModelCard to run (it replaces ``options.model``); options: the
+    :class:`~dinseg.pipeline.options.SegmentOptions`, passed as ``dinseg segment``'s flags;
+    input_name: how messages name the input (its temporary path is replaced by it).
+    """
+
+    #: seconds a cancelled child has to stop after SIGTERM before its process group is killed
+    GRACE_SECONDS = 5.0
+
+    def __init__(self, card, options: Optional[SegmentOptions] = None, python: Optional[str] = None,
+                 temp_root: Optional[str] = None, extra_args: Sequence[str] = (), input_name: str = "input volume"):
+        super().__init__(card, options, temp_root, input_name)
+        self.python = python or sys.executable
+        self.extra_args = list(extra_args)
+        self.returncode: Optional[int] = None
+        self.process: Optional[subprocess.Popen] = None
+        self._queue: "queue.Queue" = queue.Queue()
+        self._open_streams = 0
+        self._reaper: Optional[threading.Thread] = None
 
     def command(self) -> List[str]:
         """The CLI command line (valid after :meth:`prepare`)."""
@@ -117,15 +173,6 @@ class SegmentationProcess:
         self.log_lines.append(line)
 
     # -- start -------------------------------------------------------------------------------
-    def prepare(self, input_name: str = "input.nrrd", output_name: str = "output-labels.nrrd") -> Path:
-        """Create the temporary folder; returns the path the caller writes the input image to."""
-        if self.state != JobState.CREATED or self.temp_dir is not None:
-            raise RuntimeError(f"the job was already prepared ({self.state})")
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="DINSegmentation-", dir=self.temp_root))
-        self.input_path = self.temp_dir / input_name
-        self.output_path = self.temp_dir / output_name
-        return self.input_path
-
     def start(self) -> "SegmentationProcess":
         """Launch the CLI on the prepared input (removes the temporary folder if that fails)."""
         if self.state != JobState.CREATED or self.input_path is None:
@@ -208,9 +255,7 @@ class SegmentationProcess:
         if not isinstance(event, dict):
             self._log(line)
         elif event.get("event") == "progress":
-            total = max(int(event.get("total", 1)), 1)
-            self.fraction = min(max(int(event.get("done", 0)) / total, 0.0), 1.0)
-            self.stage = f"{event.get('stage', '')} {event.get('done')}/{total}"
+            self._progress(event)
         elif event.get("event") == "done":
             self.stage = "writing result"
             self._log(f"done in {sum((event.get('seconds') or {}).values()):.1f} s")
@@ -220,29 +265,9 @@ class SegmentationProcess:
     def _handle_stderr(self, line: str) -> None:
         self._log(line)
         if line.startswith(self.ERROR_PREFIX):
-            message = line[len(self.ERROR_PREFIX):]
-            if self.input_path is not None:
-                message = message.replace(str(self.input_path), self.input_name)
-            self.error = message
+            self.error = self._user_message(line[len(self.ERROR_PREFIX):])
 
-    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> bool:
-        """Poll until the process ends (True) or ``timeout`` seconds pass (False)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(interval)
-        return True
-
-    # -- result and cancel -------------------------------------------------------------------
-    def read_result(self) -> np.ndarray:
-        """The labels the CLI wrote: (z, y, x) or (t, z, y, x) uint8."""
-        import SimpleITK as sitk
-
-        if self.state != JobState.SUCCEEDED:
-            raise RuntimeError(self.error or f"the segmentation was {self.state}")
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(self.output_path))).astype(np.uint8)
-
+    # -- cancel ------------------------------------------------------------------------------
     def cancel(self) -> None:
         """Stop the run and return at once: the owner (a GUI thread) never waits for the child.
 
@@ -297,11 +322,6 @@ class SegmentationProcess:
                 return False
         return (self.process is None or self.process.poll() is not None) and \
             (self.temp_dir is None or not self.temp_dir.exists())
-
-    def remove_temp_dir(self) -> None:
-        if self.temp_dir is not None and self.temp_dir.exists():
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-
 
 def _signal_group(process: subprocess.Popen, signal_number) -> None:
     """Send ``signal_number`` to the child's process group (Windows: end the process tree)."""

@@ -28,20 +28,15 @@ import json
 import logging
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Dict, Optional
 
-import numpy as np
-
-from .job import PACKAGE_PARENT, JobState
+from .job import PACKAGE_PARENT, JobState, SegmentationRun
 from .options import SegmentOptions
 
 log = logging.getLogger("dinseg")
@@ -75,10 +70,13 @@ def serve(requests, replies) -> None:
             if key not in caches:
                 caches.clear()  # one set of loaded models at a time: free the previous ones first
                 caches[key] = SegmenterCache(options)
+            # the quality checks without test-time variants: a GUI's Segment pays no second network pass
             result = segment_file(request["input"], request["output"], options, segmenters=caches[key],
+                                  quality_variants=0,
                                   progress=lambda stage, done, total: reply(id=request_id, event="progress",
                                                                             stage=stage, done=done, total=total))
-            reply(id=request_id, event="done", seconds=result.timer.seconds, model=result.card.name)
+            reply(id=request_id, event="done", seconds=result.timer.seconds, model=result.card.name,
+                  quality=result.quality.to_dict() if result.quality is not None else None)
         except DinsegError as error:
             reply(id=request_id, event="error", message=str(error))
         except Exception as error:  # a bug must not end the warm engine silently
@@ -202,54 +200,16 @@ def _read_lines(stream, replies: "queue.Queue", tag: str) -> None:
         replies.put((tag, None))
 
 
-class WorkerTask:
+class WorkerTask(SegmentationRun):
     """One request to a :class:`Worker`, driven like :class:`~dinseg.pipeline.job.SegmentationProcess`:
     prepare, write the input, start, poll, read_result, remove_temp_dir; cancel never waits."""
 
-    ERROR_PREFIX = "dinseg: error: "
-
     def __init__(self, worker: Worker, card, options: SegmentOptions, input_name: str):
+        super().__init__(card, options, worker.temp_root, input_name)
         self.worker = worker
-        self.card = card
-        self.options = options
-        self.input_name = input_name
-        self.state = JobState.CREATED
-        self.fraction = 0.0
-        self.stage = ""
-        self.error: Optional[str] = None
         self.seconds: Dict[str, float] = {}
-        self.log_lines = []
-        self.temp_dir: Optional[Path] = None
-        self.input_path: Optional[Path] = None
-        self.output_path: Optional[Path] = None
+        self.quality: Optional[Dict[str, Any]] = None  # the result's quality verdict (reports.quality), as a dict
         self._id: Optional[int] = None
-        self._log_read = 0
-        self._started: Optional[float] = None
-        self._ended: Optional[float] = None
-
-    @property
-    def running(self) -> bool:
-        return self.state == JobState.RUNNING
-
-    @property
-    def elapsed(self) -> float:
-        if self._started is None:
-            return 0.0
-        return (self._ended or time.monotonic()) - self._started
-
-    def read_new_log_lines(self):
-        lines = self.log_lines[self._log_read:]
-        self._log_read = len(self.log_lines)
-        return lines
-
-    def prepare(self, input_name: str = "input.nrrd", output_name: str = "output-labels.nrrd") -> Path:
-        """Create the temporary folder; returns the path the caller writes the input image to."""
-        if self.state != JobState.CREATED or self.temp_dir is not None:
-            raise RuntimeError(f"the task was already prepared ({self.state})")
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="DINSegmentation-", dir=self.worker.temp_root))
-        self.input_path = self.temp_dir / input_name
-        self.output_path = self.temp_dir / output_name
-        return self.input_path
 
     def start(self) -> "WorkerTask":
         if self.state != JobState.CREATED or self.input_path is None:
@@ -290,17 +250,14 @@ class WorkerTask:
             if reply.get("id") != self._id:
                 continue
             if reply.get("event") == "progress":
-                total = max(int(reply.get("total", 1)), 1)
-                self.fraction = min(max(int(reply.get("done", 0)) / total, 0.0), 1.0)
-                self.stage = f"{reply.get('stage', '')} {reply.get('done')}/{total}"
+                self._progress(reply)
             elif reply.get("event") == "done":
                 self.seconds = reply.get("seconds") or {}
+                self.quality = reply.get("quality")
                 self.log_lines.append(f"done in {sum(self.seconds.values()):.2f} s (warm worker)")
                 return self._end(JobState.SUCCEEDED, "done")
             elif reply.get("event") == "error":
-                message = str(reply.get("message", "failed"))
-                if self.input_path is not None:
-                    message = message.replace(str(self.input_path), self.input_name)
+                message = self._user_message(str(reply.get("message", "failed")))
                 self.log_lines.append(self.ERROR_PREFIX + message)
                 return self._fail(message)
         return True
@@ -318,23 +275,6 @@ class WorkerTask:
         self.remove_temp_dir()
         return False
 
-    def wait(self, timeout: Optional[float] = None, interval: float = 0.01) -> bool:
-        """Poll until the request ends (True) or ``timeout`` seconds pass (False)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            time.sleep(interval)
-        return True
-
-    def read_result(self) -> np.ndarray:
-        """The labels the worker wrote: (z, y, x) or (t, z, y, x) uint8."""
-        import SimpleITK as sitk
-
-        if self.state != JobState.SUCCEEDED:
-            raise RuntimeError(self.error or f"the segmentation was {self.state}")
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(self.output_path))).astype(np.uint8)
-
     def cancel(self) -> None:
         """Stop at once: a running request ends the worker process (the next request starts a new one)."""
         if self.state == JobState.RUNNING:
@@ -344,10 +284,6 @@ class WorkerTask:
             self._ended = self._ended or (time.monotonic() if self._started else None)
             self.worker.busy = None
         self.remove_temp_dir()
-
-    def remove_temp_dir(self) -> None:
-        if self.temp_dir is not None and self.temp_dir.exists():
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ class CardiacFunction:
     voxel_volume_ml: float
     bsa_m2: Optional[float] = None
     figures: Dict[str, Optional[float]] = field(default_factory=dict)
+    #: the quality verdict (see :func:`function_quality`): {"status", "reasons", "phases": {"ED": ..., "ES": ...}}
+    quality: Optional[Dict[str, object]] = None
 
     #: (key, label, unit) of each figure, in the order of the table
     ROWS = (("lv_edv_ml", "LV end-diastolic volume", "mL"), ("lv_esv_ml", "LV end-systolic volume", "mL"),
@@ -94,7 +96,8 @@ class CardiacFunction:
                 **{key: self.figures.get(key) for key, _, _ in self.ROWS},
                 **{f"{key[:-3] if key.endswith('_ml') else key[:-2]}_per_m2": self.indexed(key)
                    for key in self.INDEXED if self.bsa_m2 is not None},
-                "volumes_ml_per_frame": self.volumes_ml}
+                "volumes_ml_per_frame": self.volumes_ml,
+                **({"quality": self.quality} if self.quality is not None else {})}
 
     def table(self) -> str:
         """The figures as a plain-text table for the terminal."""
@@ -107,7 +110,39 @@ class CardiacFunction:
             indexed = self.indexed(key)
             suffix = f"   {indexed:7.1f} {unit}/m2" if indexed is not None else ""
             lines.append(f"  {label:<27}{text:>8} {unit:<3}{suffix}".rstrip())
+        if self.quality is not None:
+            lines.append(f"  {'quality':<27}{self.quality['status']:>8}")
+            for phase, verdict in self.quality.get("phases", {}).items():
+                lines.append(f"  {'  ' + phase:<27}{verdict['status']:>8}")
         return "\n".join(lines)
+
+    def quality_warnings(self, notes: bool = False) -> List[str]:
+        """One line per problem of the verdict (whole report, then per phase and structure); with
+        ``notes``, the notes on checks that could not run instead."""
+        if self.quality is None:
+            return []
+        if notes:
+            return list(dict.fromkeys(f"{phase}: {note}" for phase, verdict in self.quality.get("phases", {}).items()
+                                      for note in verdict.get("notes", [])))
+        lines = list(self.quality["reasons"])
+        for phase, verdict in self.quality.get("phases", {}).items():
+            lines += [f"{phase}: {reason}" for reason in verdict["reasons"] if reason not in verdict.get("notes", [])]
+            for name, structure in verdict["structures"].items():
+                lines += [f"{phase}: {name}: {reason}" for reason in structure["reasons"]]
+        return list(dict.fromkeys(lines))
+
+
+def function_quality(result: CardiacFunction, phases: Dict[str, object]) -> Dict[str, object]:
+    """The report's verdict: per phase a reports.quality.QualityVerdict (its to_dict()), and the report's
+    own checks (ED larger than ES, ejection fractions and LV mass in range; reports.quality); "review"
+    when any of them needs it. Sets ``result.quality`` and returns it."""
+    from .quality import REVIEW, OK, cardiac_function_checks
+
+    reasons = cardiac_function_checks(result.figures, result.volumes_ml, result.ed_frame, result.es_frame)
+    dicts = {phase: verdict.to_dict() for phase, verdict in phases.items()}
+    review = bool(reasons) or any(verdict["status"] == REVIEW for verdict in dicts.values())
+    result.quality = {"status": REVIEW if review else OK, "reasons": reasons, "phases": dicts}
+    return result.quality
 
 
 def frame_volumes(label_frames: Sequence[np.ndarray], values: Dict[str, int], voxel_volume_ml: float
@@ -181,6 +216,12 @@ def write_csv(path, result: CardiacFunction) -> None:
         value, indexed = result.figures.get(key), result.indexed(key)
         rows.append(f"{label},{'' if value is None else f'{value:.3f}'},{unit},"
                     f"{'' if indexed is None else f'{indexed:.3f}'}")
+    if result.quality is not None:
+        rows.append(f"quality,{result.quality['status']},ok or review,")
+        for phase, verdict in result.quality.get("phases", {}).items():
+            rows.append(f"quality {phase},{verdict['status']},ok or review,")
+        for line in result.quality_warnings() + result.quality_warnings(notes=True):
+            rows.append('quality reason,"' + line.replace('"', "'") + '",,')
     with atomic_output(path) as temporary:
         temporary.write_text("\n".join(rows) + "\n", encoding="utf-8")
 

@@ -22,6 +22,9 @@ from ..core.terminology import LabelInfo
 COLUMNS = ("structure", "label", "frame", "voxels", "volume_ml", "mean", "std", "median", "p5", "p95",
            "centroid_lps_x_mm", "centroid_lps_y_mm", "centroid_lps_z_mm",
            "bbox_min_i", "bbox_min_j", "bbox_min_k", "bbox_max_i", "bbox_max_j", "bbox_max_k")
+#: columns a quality verdict (reports.quality) adds to the CSV: the structure's, then the whole result's
+QUALITY_COLUMNS = ("incomplete", "quality_status", "predicted_dice", "quality_reasons",
+                   "result_quality_status", "result_quality_reasons")
 
 
 def structure_statistics(labels: np.ndarray, image: np.ndarray, geometry: Geometry,
@@ -58,18 +61,46 @@ def structure_statistics(labels: np.ndarray, image: np.ndarray, geometry: Geomet
     return rows
 
 
-def write_statistics(path, rows: List[Dict[str, object]], units: Optional[str] = None) -> None:
-    """``.json`` (with the units and the coordinate convention) or ``.csv``, atomically."""
+def with_quality(rows: List[Dict[str, object]], quality) -> List[Dict[str, object]]:
+    """Rows with the verdict's per-structure fields: "incomplete" (touches the image's border, so its
+    volume is a lower bound) and "quality" {status, predicted_dice, reasons}."""
+    verdict = quality.to_dict()
+    marked = []
+    for row in rows:
+        structure = verdict["structures"].get(row["structure"], {})
+        marked.append({**row, "incomplete": bool(structure.get("incomplete", False)),
+                       "quality": {key: structure.get(key) for key in ("status", "predicted_dice", "reasons")}})
+    return marked
+
+
+def write_statistics(path, rows: List[Dict[str, object]], units: Optional[str] = None, quality=None) -> None:
+    """``.json`` (with the units and the coordinate convention) or ``.csv``, atomically. quality: a
+    reports.quality.QualityVerdict: a top-level "quality" {status, reasons} and per structure "quality"
+    and "incomplete" (CSV: the same as columns, reasons joined with " | ")."""
     extension = output_extension(path, (".json", ".csv"))
+    if quality is not None:
+        rows = with_quality(rows, quality)
     with atomic_output(path) as temporary:
         if extension == ".json":
             document = {"coordinates": "LPS (DICOM patient coordinates), mm", "intensity_units": units or "",
                         "volume_units": "mL", "bounding_box": "inclusive voxel indices (i, j, k)",
                         "structures": rows}
+            if quality is not None:
+                summary = quality.to_dict()
+                document["quality"] = {"status": summary["status"], "reasons": summary["reasons"]}
             temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
             return
+        columns = COLUMNS
+        if quality is not None:
+            columns = COLUMNS + QUALITY_COLUMNS
+            summary = quality.to_dict()
+            rows = [{**{k: v for k, v in row.items() if k != "quality"},
+                     "quality_status": row["quality"]["status"], "predicted_dice": row["quality"]["predicted_dice"],
+                     "quality_reasons": " | ".join(row["quality"]["reasons"] or []),
+                     "result_quality_status": summary["status"],
+                     "result_quality_reasons": " | ".join(summary["reasons"])} for row in rows]
         with open(temporary, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+            writer = csv.DictWriter(stream, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
 

@@ -91,7 +91,7 @@ def segment_terminology(segment) -> str:
     return str(value) if segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), value) else ""
 
 
-def _oriented_labelmap(labels: np.ndarray, ijk_to_ras_matrix: vtk.vtkMatrix4x4):
+def oriented_labelmap(labels: np.ndarray, ijk_to_ras_matrix: vtk.vtkMatrix4x4):
     """(z, y, x) uint8 array on the grid of ``ijk_to_ras_matrix`` -> vtkOrientedImageData."""
     image = slicer.vtkOrientedImageData()
     image.SetDimensions(*labels.shape[::-1])
@@ -120,7 +120,7 @@ def build_segmentation(labels: np.ndarray, ijk_to_ras_matrix: vtk.vtkMatrix4x4,
     for index, info in enumerate(label_infos):
         lookup[info.value] = index + 1
     layer_values = lookup[np.clip(labels, 0, 255).astype(np.uint8)]
-    image = _oriented_labelmap(layer_values, ijk_to_ras_matrix)
+    image = oriented_labelmap(layer_values, ijk_to_ras_matrix)
     segmentation = slicer.vtkSegmentation()
     segmentation.SetSourceRepresentationName(BINARY_LABELMAP)
     segmentation.SetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
@@ -168,7 +168,7 @@ def segmentation_to_labels(segmentation_node, reference_volume, label_infos: Opt
     for identifier, value in pairs:
         ids.InsertNextValue(identifier)
         values.InsertNextValue(value)
-    reference = _oriented_labelmap(np.zeros(volume_array_shape(reference_volume), np.uint8),
+    reference = oriented_labelmap(np.zeros(volume_array_shape(reference_volume), np.uint8),
                                    ijk_to_ras(reference_volume))
     shape = reference.GetDimensions()[::-1]
     if not pairs:

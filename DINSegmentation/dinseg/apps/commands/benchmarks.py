@@ -43,6 +43,32 @@ def run_bench_dicom_seg(args) -> int:
     return 0
 
 
+def run_bench_quality(args) -> int:
+    import json
+    import sys
+
+    from .. import bench
+
+    if args.fit_statistics:
+        folder, split_file, split = bench.STATISTICS_SOURCES.get(args.fit_statistics, (None, None, "train"))
+        data = args.data if args.data != "../shared/data" or folder is None else f"{args.data}/{folder}"
+        block = bench.training_statistics(args.fit_statistics, data, args.split_file or split_file,
+                                          args.split or split, args.max_cases)
+        print(json.dumps(block, indent=2))
+        return 0
+    say = (lambda line: print(line, file=sys.stderr, flush=True))
+    rows = bench.quality_rows(args.data, args.acdc_patients, args.abdomen_cases, args.mnms_patients, args.threads,
+                              corrupt=not args.no_corruptions, calibration=args.calibrate, progress=say)
+    if args.rows:
+        with open(args.rows, "w", encoding="utf-8") as stream:
+            json.dump(rows, stream, indent=1)
+    if args.calibrate:
+        print(json.dumps(bench.fit_calibration(rows), indent=2))
+        return 0
+    print(bench.format_quality_table(rows))
+    return 0
+
+
 def add_parsers(commands) -> None:
     """This module's subcommands on the ``dinseg`` parser."""
     bench_model = commands.add_parser("bench-model", help="benchmark: parameters, GMACs, latency of every network")
@@ -82,3 +108,26 @@ def add_parsers(commands) -> None:
     bench_robustness.add_argument("--split", default="val", help="with --data: the split (default: %(default)s)")
     bench_robustness.add_argument("--patients", type=int, default=8, help="with --data: patients (default: 8)")
     bench_robustness.set_defaults(handler=run_bench_robustness)
+
+    bench_quality = commands.add_parser(
+        "bench-quality", help="benchmark: does the quality verdict flag the results that fail (validation patients, "
+                              "as stored and corrupted)?")
+    bench_quality.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
+    bench_quality.add_argument("--acdc-patients", type=int, default=2, help="ACDC val patients, ED and ES (default: 2)")
+    bench_quality.add_argument("--abdomen-cases", type=int, default=2,
+                               help="BTCV and CHAOS val cases each (default: 2)")
+    bench_quality.add_argument("--mnms-patients", type=int, default=2,
+                               help="M&Ms patients (other vendors), ED and ES (default: 2)")
+    bench_quality.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
+    bench_quality.add_argument("--no-corruptions", action="store_true", help="the stored images only")
+    bench_quality.add_argument("--rows", metavar="JSON", help="also write every scored structure as JSON")
+    bench_quality.add_argument("--calibrate", action="store_true",
+                               help="instead: fit each model's agreement -> Dice line on the validation patients "
+                                    "NOT in the table (ACDC, BTCV and CHAOS val; never M&Ms) and print it")
+    bench_quality.add_argument("--fit-statistics", metavar="MODEL",
+                               help="instead: print MODEL's training-statistics block (for its card) from its "
+                                    "training split")
+    bench_quality.add_argument("--split-file", help="with --fit-statistics: the split file")
+    bench_quality.add_argument("--split", help="with --fit-statistics: the split (default: train)")
+    bench_quality.add_argument("--max-cases", type=int, default=40, help="with --fit-statistics: volumes (default: 40)")
+    bench_quality.set_defaults(handler=run_bench_quality)

@@ -32,13 +32,16 @@ def _cardiac_labels(args):
     as_labels = args.labels or all(s.name.lower().endswith(".seg.nrrd") for s in sources)
     frames, geometries, infos = [], [], card.labels
     segmenter = None
+    images = []  # per frame: (volume, frame index or None) of a segmented image, None for labels read
     for source in sources:
         if as_labels:
             labels, geometry, _, infos = read_labels(source, card.labels)
+            images += [None] * (labels.shape[0] if labels.ndim == 4 else 1)
         else:
             volume = read_volume(source)
             segmenter = segmenter or Segmenter(card, device=args.device, precision=args.precision)
             labels, geometry = segmenter.segment(volume).labels, volume.geometry
+            images += [(volume, t) for t in range(labels.shape[0])] if labels.ndim == 4 else [(volume, None)]
         frames += list(labels) if labels.ndim == 4 else [labels]
         geometries.append(geometry)
     if len(sources) == 1 and len(frames) < 2:
@@ -48,7 +51,31 @@ def _cardiac_labels(args):
         raise InputError(f"{sources[0]} and {sources[1]} lie on different grids (size, spacing, origin or "
                          "direction differ); ED and ES must be frames of one acquisition")
     name = " + ".join(Path(str(s)).name for s in sources)
+    args._quality_context = (card, segmenter, images, geometries[0])
     return frames, geometries[0].spacing, infos, name
+
+
+def _phase_quality(args, frames, result) -> None:
+    """The verdict per phase (ED, ES) on the report, with test-time variants where the images were segmented."""
+    from ...pipeline.files import variant_labels
+    from ...reports.cardiac import function_quality
+    from ...reports.quality import QualityVerdict, quality_verdict
+
+    card, segmenter, images, geometry = args._quality_context
+    phases = {}
+    for phase, index in (("ED", result.ed_frame), ("ES", result.es_frame)):
+        try:
+            source = images[index] if index < len(images) else None
+            image, variants = None, None
+            if source is not None:
+                volume, t = source
+                image = volume.array if t is None else volume.array[t]
+                if getattr(args, "quality_variants", 1):
+                    variants = variant_labels(segmenter, volume, frame=t)
+            phases[phase] = quality_verdict(frames[index], image, geometry, card, variants=variants, modality="MR")
+        except Exception as error:  # the checks never crash a run
+            phases[phase] = QualityVerdict(notes=[f"the quality checks could not run ({type(error).__name__}: {error})"])
+    function_quality(result, phases)
 
 
 def run_cardiac_function(args) -> int:
@@ -65,7 +92,12 @@ def run_cardiac_function(args) -> int:
                               ed_frame=None if args.ed is None else args.ed - 1,
                               es_frame=None if args.es is None else args.es - 1,
                               height_cm=args.height, weight_kg=args.weight)
+    _phase_quality(args, frames, result)
     print(f"{name}\n{result.table()}")
+    for line in result.quality_warnings():
+        print(f"dinseg: warning: {line}", file=sys.stderr)
+    for line in result.quality_warnings(notes=True):
+        print(f"dinseg: note: {line}", file=sys.stderr)
     if args.csv:
         write_csv(args.csv, result)
     if args.json:
@@ -75,6 +107,8 @@ def run_cardiac_function(args) -> int:
     written = [str(path) for path in outputs.values() if path]
     if written:
         print(f"dinseg: wrote {', '.join(written)}", file=sys.stderr)
+    if result.quality["status"] == "review" and args.strict_quality:
+        return 3
     return 0
 
 
@@ -97,5 +131,10 @@ def add_parsers(commands) -> None:
     cardiac.add_argument("--csv", metavar="FILE", help="write the figures as CSV")
     cardiac.add_argument("--json", metavar="FILE", help="write the figures and per-frame volumes as JSON")
     cardiac.add_argument("--plot", metavar="PNG", help="write LV and RV volume over the cardiac cycle")
+    cardiac.add_argument("--strict-quality", action="store_true",
+                         help="exit with status 3 when the report needs review (after writing it)")
+    cardiac.add_argument("--quality-variants", type=int, default=1, choices=(0, 1),
+                         help="1: a test-time variant per phase for the predicted Dice (one more pass of the "
+                              "network each); 0: none (default: %(default)s)")
     add_device_options(cardiac)
     cardiac.set_defaults(handler=run_cardiac_function)

@@ -30,3 +30,14 @@ def add_cleanup_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rotations", type=int, choices=TEST_TIME_ROTATIONS, default=None,
                         help=f"test-time augmentation: average over this many 90-degree in-plane rotations {default}")
 
+
+
+def frame_number(value: str) -> int:
+    """A frame number counted from 1 on the command line -> a 0-based frame index."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a frame is a number (1 = first), got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("frame numbers start at 1")
+    return number - 1

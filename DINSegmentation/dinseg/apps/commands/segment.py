@@ -13,7 +13,7 @@ from ...core.errors import InputError
 from ...core.samples import SAMPLES
 from ...pipeline.files import FORMAT_EXTENSIONS, refuse_overwriting_inputs
 from ...pipeline.options import ENHANCEMENT_METHODS, SegmentOptions
-from .common import add_cleanup_options, add_device_options
+from .common import add_cleanup_options, add_device_options, frame_number
 
 log = logging.getLogger("dinseg")
 
@@ -42,15 +42,12 @@ class ProgressReporter:
 
 
 def _frame_argument(value: str):
+    """--frames: 'all' (None) or a frame number from 1."""
     if value == "all":
         return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("--frames takes 'all' or a frame number (1 = first)") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError("frame numbers start at 1")
-    return number - 1
+    if not value.lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError("--frames takes 'all' or a frame number (1 = first)")
+    return frame_number(value)
 
 
 def run_segment(args) -> int:
@@ -71,12 +68,39 @@ def _segment_one(args) -> int:
         raise InputError(f"{output}: --format dicom-seg writes a .dcm file; name the output NAME.dcm")
     progress = ProgressReporter(args.progress or ("bar" if sys.stderr.isatty() else "none"))
     result = segment_file(args.inputs[0], output, SegmentOptions.from_args(args), preview=args.preview,
-                          statistics=args.statistics, split=args.split, progress=progress)
+                          statistics=args.statistics, split=args.split, progress=progress,
+                          quality_variants=_variants(args))
     import torch
 
+    if result.quality is not None:  # before "done", which ends a reader's wait
+        progress.event(event="quality", **result.quality.to_dict())
     progress.event(event="done", output=str(result.output), seconds=result.timer.seconds)
     print(f"dinseg: wrote {result.output} ({result.card.name} {result.card.version}, device {result.device}, "
           f"{torch.get_num_threads()} CPU threads)\n{result.timer.table()}", file=sys.stderr)
+    return _report_quality(result.quality, args)
+
+
+def _variants(args) -> int:
+    variants = getattr(args, "quality_variants", 1)
+    if variants is None:
+        return 1
+    if not 0 <= variants <= 3:
+        raise InputError(f"--quality-variants takes 0 to 3, got {variants}")
+    return variants
+
+
+def _report_quality(verdict, args, prefix: str = "") -> int:
+    """One ``dinseg: warning:`` line per problem; 3 with --strict-quality when the result needs review."""
+    if verdict is None:
+        return 0
+    for line in verdict.warnings():
+        print(f"dinseg: warning: {prefix}{line}", file=sys.stderr)
+    for line in verdict.notes:
+        print(f"dinseg: note: {prefix}{line}", file=sys.stderr)
+    if verdict.needs_review:
+        print(f"dinseg: {prefix}the result needs review (it was written)", file=sys.stderr)
+        if getattr(args, "strict_quality", False):
+            return 3
     return 0
 
 
@@ -90,19 +114,21 @@ def _segment_batch(args) -> int:
     counts = {"written": 0, "skipped": 0, "failed": 0}
     outcomes = segment_files(args.inputs, args.output, SegmentOptions.from_args(args),
                              output_format=args.format or "seg.nrrd", statistics=args.statistics,
-                             skip_existing=args.skip_existing)
+                             skip_existing=args.skip_existing, quality_variants=_variants(args))
+    review = 0
     for number, outcome in enumerate(outcomes, start=1):
         counts[outcome.status] += 1
         prefix = f"[{number}/{total}] {outcome.name}"
         if outcome.status == "written":
             print(f"{prefix}: wrote {outcome.output} ({outcome.model}, {outcome.seconds:.1f} s)", file=sys.stderr)
+            review = max(review, _report_quality(outcome.quality, args, prefix=f"{outcome.name}: "))
         elif outcome.status == "skipped":
             print(f"{prefix}: skipped, {outcome.message}", file=sys.stderr)
         else:
             print(f"{prefix}: error: {outcome.message}", file=sys.stderr)
     print(f"dinseg: {counts['written']} of {total} case(s) segmented into {Path(args.output)}, "
           f"{counts['skipped']} skipped, {counts['failed']} failed", file=sys.stderr)
-    return 2 if counts["failed"] else 0
+    return 2 if counts["failed"] else review
 
 
 def add_parsers(commands) -> None:
@@ -139,6 +165,12 @@ def add_parsers(commands) -> None:
     add_cleanup_options(segment)
     segment.add_argument("--batch-size", type=int, help="slices per forward pass (default: from free memory)")
     segment.add_argument("--strict", action="store_true", help="refuse an image whose modality does not match the model")
+    segment.add_argument("--strict-quality", action="store_true",
+                         help="exit with status 3 when the result needs review (after writing it); the checks "
+                              "print one 'dinseg: warning:' line per problem either way (docs/quality.md)")
+    segment.add_argument("--quality-variants", type=int, default=1, metavar="N",
+                         help="test-time variants (0 to 3) for each structure's predicted Dice; each costs one "
+                              "more pass of the network, 0 skips the predicted Dice (default: %(default)s)")
     segment.add_argument("--progress", choices=("bar", "json", "none"),
                          help="progress display (default: a bar when stderr is a terminal)")
     segment.set_defaults(handler=run_segment)

@@ -38,6 +38,7 @@ from ...slicer.logic import DINSegmentationMRMLLogic
 from ...core.errors import DinsegError, InputError, OutputError
 from ...pipeline.job import JobState
 from ...pipeline.worker import Worker
+from ...core.terminology import segment_id
 from ...core.samples import SAMPLES
 from .files import DataFolder, UploadArea
 from .scene import add_image
@@ -46,8 +47,8 @@ log = logging.getLogger("dinseg")
 
 AXIAL_LAYOUT = "Axial"
 SIDE_BY_SIDE_LAYOUT = "Original | enhanced"
-SHARED_SESSION_NOTE = ("One shared session: every tab that opens this page sees and edits the same scene; "
-                       "the page has no login.")
+SHARED_SESSION_NOTE = ("One shared session: every tab that opens this page with its token sees and edits "
+                       "the same scene.")
 UPLOAD_CHUNK_BYTES = 1 << 20
 
 #: the browser sends a file in slices of UPLOAD_CHUNK_BYTES: begin (name, size) -> id, chunks, end
@@ -139,6 +140,7 @@ class DinsegWebApp:
             "volume_name": "", "volume_loaded": False, "frame_count": 0, "frame": 1, "all_frames": True,
             "job_running": False, "job_progress": 0, "job_stage": "", "job_elapsed": "",
             "structures": [], "cardiac_rows": [], "has_result": False, "can_save_next_to_input": False,
+            "click_structures": [], "click_structure": None, "click_mode": "", "click_count": 0,
             "download_name": "segmentation.seg.nrrd", "labels_download_name": "labels.nii.gz",
             "layout": AXIAL_LAYOUT, "layouts": [AXIAL_LAYOUT, SIDE_BY_SIDE_LAYOUT],
             "max_upload_mb": uploads.max_bytes / 1e6,
@@ -203,6 +205,7 @@ class DinsegWebApp:
             self._say(str(error).replace(str(path), label), "error")
             return
         self._cancel_job()
+        self._end_clicks()
         self.slicer_app.scene.Clear()
         self.logic.segmentation.forget_undo()
         self.segmentation = self.segmentation_sequence = self.enhanced = self.card = None
@@ -300,7 +303,12 @@ class DinsegWebApp:
                 return
             self._show_result(result, job.card)
             self.state.job_stage = "done"
-            self._say(f"segmented in {job.elapsed:.1f} s with {job.card.name}", "success")
+            quality = getattr(job.runner, "quality", None) or {}
+            if quality.get("status") == "review":  # reports.quality: say what to check before trusting it
+                self._say(f"segmented with {job.card.name}; check before use: " + "; ".join(quality["reasons"]),
+                          "warning")
+            else:
+                self._say(f"segmented in {job.elapsed:.1f} s with {job.card.name}", "success")
 
     def cancel(self) -> None:
         if self._cancel_job():
@@ -330,6 +338,9 @@ class DinsegWebApp:
         self._update_structure_table()
         self._update_cardiac_function()
         self._jump_to_structures()
+        self._end_clicks()
+        names = [label.name for label in card.labels]
+        self.state.update({"click_structures": names, "click_structure": names[0] if names else None})
 
     def _jump_to_structures(self) -> None:
         """Put the slice views through the middle of what was segmented (not an empty slice of the scan)."""
@@ -340,6 +351,80 @@ class DinsegWebApp:
         ras = volume_to_image(self.volume).geometry.index_to_ras() @ np.array([i, j, k, 1.0])
         for index in range(self.slicer_app.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
             self.slicer_app.scene.GetNthNodeByClass(index, "vtkMRMLSliceNode").JumpSliceByOffsetting(*ras[:3])
+
+    # -- correct with clicks -----------------------------------------------------------------
+    def click_mode(self, sign: str) -> None:
+        """"+" or "-": left clicks in a slice view place points of that sign, each correcting the chosen
+        structure at once; the same sign again stops placing."""
+        if self.segmentation is None or self.state.click_structure is None:
+            self._say("segment first: click correction works on a result", "error")
+            return
+        if self.state.click_mode == sign:
+            self.slicer_app.markups_logic.disable_place_mode()
+            self.state.click_mode = ""
+            return
+        clicks = self.logic.clicks
+        info = next(label for label in self.card.labels if label.name == self.state.click_structure)
+        session = clicks.session
+        try:
+            if session is None or session.segmentation is not self.segmentation or \
+                    session.segment_id != segment_id(info):
+                self._end_clicks()
+                session = clicks.start(self.volume, self.segmentation, segment_id(info))
+                for points in (session.positive, session.negative):
+                    points.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._on_click_placed)
+                self._centre_views_on(self.segmentation, info)
+        except DinsegError as error:
+            self._say(str(error), "error")
+            return
+        self.slicer_app.markups_logic.place_node(session.positive if sign == "+" else session.negative,
+                                                 persistent=True)
+        self.state.update({"click_mode": sign, "click_count": len(session.history)})
+        self._say(f"click in a slice view: {'+ adds to' if sign == '+' else '- removes from'} {info.name}")
+
+    def _on_click_placed(self, caller, _event) -> None:
+        session = self.logic.clicks.session
+        if session is None:
+            return
+        with self.state:
+            try:
+                voxels = self.logic.clicks.correct_last(caller is session.positive)
+            except DinsegError as error:
+                self._say(str(error), "error")
+                return
+            self.state.click_count = len(session.history)
+            self._update_structure_table()
+            self._say(f"{self.state.click_structure}: {voxels} voxels after {len(session.history)} click(s)",
+                      "success")
+
+    def undo_click(self) -> None:
+        if self.logic.clicks.session is not None and self.logic.clicks.undo():
+            self.state.click_count = len(self.logic.clicks.session.history)
+            self._update_structure_table()
+            self._say("last click undone")
+
+    def _end_clicks(self) -> None:
+        """Stop click correction: place mode off and the points removed; the structure stays as corrected."""
+        if self.logic.clicks.session is not None:
+            self.slicer_app.markups_logic.disable_place_mode()
+            self.logic.clicks.end()
+        self.state.update({"click_mode": "", "click_count": 0})
+
+    def end_clicks(self) -> None:
+        self._end_clicks()
+        self._say("click correction done: the structure stays as corrected")
+
+    def _centre_views_on(self, segmentation, info) -> None:
+        """Slice views centred on the structure (its voxel nearest its centroid), for the first click."""
+        mask = segmentation_to_labels(segmentation, self.volume, [info]) == info.value
+        found = np.argwhere(mask)
+        if not len(found):
+            return
+        nearest = found[np.argmin(((found - found.mean(axis=0)) ** 2).sum(axis=1))]
+        k, j, i = nearest
+        ras = volume_to_image(self.volume).geometry.index_to_ras() @ np.array([i, j, k, 1.0])
+        for index in range(self.slicer_app.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            self.slicer_app.scene.GetNthNodeByClass(index, "vtkMRMLSliceNode").JumpSliceByCentering(*ras[:3])
 
     # -- numbers -----------------------------------------------------------------------------
     def _schedule_structure_table(self, *_args) -> None:
@@ -546,6 +631,19 @@ class DinsegWebApp:
                 with html.Tr(v_for="row in cardiac_rows", key="row.quantity"):
                     html.Td("{{ row.quantity }}")
                     html.Td("{{ row.value }}")
+        # correct with clicks
+        with html.Div(v_if="has_result", id="dinseg-clicks"):
+            html.Div("Correct with clicks", classes="text-subtitle-2 mt-3")
+            v3.VSelect(v_model=("click_structure",), items=("click_structures",), label="structure",
+                       density="compact", hide_details=True, id="dinseg-click-structure")
+            with html.Div(classes="d-flex flex-wrap ga-1 mt-1"):
+                v3.VBtn("+ add", click=(self.click_mode, "['+']"), size="small", id="dinseg-click-positive",
+                        color=("click_mode === '+' ? 'success' : undefined",))
+                v3.VBtn("- remove", click=(self.click_mode, "['-']"), size="small", id="dinseg-click-negative",
+                        color=("click_mode === '-' ? 'error' : undefined",))
+                v3.VBtn("undo click", click=self.undo_click, size="small", disabled=("!click_count",),
+                        id="dinseg-click-undo")
+                v3.VBtn("done", click=self.end_clicks, size="small", id="dinseg-click-done")
         # save
         html.Div("5. Save", classes="text-subtitle-2 mt-3")
         with html.Div(classes="d-flex flex-wrap ga-1"):
@@ -561,8 +659,15 @@ class DinsegWebApp:
                     prepend_icon="mdi-content-save", click=self.save_next_to_input)
 
 
-def serve(data: str, host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 4096) -> int:
-    """Run the web front end until interrupted; the temporary folder is removed when it stops."""
+def serve(data: str, host: str = "127.0.0.1", port: int = 8080, max_upload_mb: float = 4096,
+          token: Optional[str] = None, certfile: Optional[str] = None, keyfile: Optional[str] = None) -> int:
+    """Run the web front end until interrupted; the temporary folder is removed when it stops.
+
+    token: every request must carry it (see :mod:`.access`); None serves without one (loopback
+    only, checked by the command). certfile / keyfile: serve HTTPS.
+    """
+    from .access import token_middleware
+
     data_folder = DataFolder(data)
     uploads = UploadArea(int(max_upload_mb * 1e6))
     app = None
@@ -570,11 +675,24 @@ def serve(data: str, host: str = "127.0.0.1", port: int = 8080, max_upload_mb: f
         server = get_server("dinseg-web", client_type="vue3")
         started = time.monotonic()
         app = DinsegWebApp(server, data_folder, uploads)
+        scheme = "https" if certfile else "http"
+
+        def bind(web_server):
+            if token is not None:
+                web_server.app.middlewares.append(token_middleware(token, secure=bool(certfile)))
+            if certfile:
+                import ssl
+
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(certfile, keyfile)
+                web_server.config["ssl"] = context
 
         def ready(**_):
-            print(f"dinseg web: serving {data_folder.root} at http://{host}:{server.port}/ "
+            address = f"{scheme}://{host}:{server.port}/" + (f"?token={token}" if token else "")
+            print(f"dinseg web: serving {data_folder.root} at {address} "
                   f"(ready in {time.monotonic() - started:.1f} s; Ctrl-C stops)", file=sys.stderr, flush=True)
 
+        server.controller.on_server_bind.add(bind)
         server.controller.on_server_ready.add(ready)
         server.start(host=host, port=port, open_browser=False, show_connection_info=False, timeout=0)
     finally:

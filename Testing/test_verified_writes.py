@@ -1,0 +1,189 @@
+"""The checks behind every write and every DICOM read: ``verify_written`` knows a whole file of each type
+from a cut one, and DICOM headers are held to their pixel data. Files made here, small and fast (these
+are the tests mutation testing runs for ``dinseg.core.io``)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dinseg.core.errors import InputError
+from dinseg.core.io import IncompleteFile, _check_dicom_pixel_data, dicom_pixel_bytes, verify_written
+
+pydicom = pytest.importorskip("pydicom")
+
+
+def _image(dtype=np.int16, channels: int = 1) -> sitk.Image:
+    array = (np.arange(4 * 6 * 5 * channels) % 251).astype(dtype).reshape((4, 6, 5, channels) if channels > 1
+                                                                            else (4, 6, 5))
+    return sitk.GetImageFromArray(array, isVector=channels > 1)
+
+
+def _itk(tmp_path: Path, name: str, compress: bool, **image) -> Path:
+    path = tmp_path / name
+    sitk.WriteImage(_image(**image), str(path), compress)
+    return path
+
+
+def _cut(path: Path, keep: int) -> Path:
+    cut = path.with_name("cut-" + path.name)
+    cut.write_bytes(path.read_bytes()[:keep])
+    return cut
+
+
+def _refused(path: Path, extension: str) -> str:
+    with pytest.raises(IncompleteFile) as refused:
+        verify_written(path, extension)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("name, compress, image", [
+    ("raw.nrrd", False, {}), ("raw8.nrrd", False, {"dtype": np.uint8}), ("raw.mha", False, {}),
+    ("rgb.mha", False, {"dtype": np.uint8, "channels": 3}), ("raw.nii", False, {})])
+def test_raw_data_one_byte_short_is_incomplete(tmp_path, name, compress, image):
+    """Raw voxels: the header's size x type (x channels) is the byte count; one byte less is a cut file."""
+    path = _itk(tmp_path, name, compress, **image)
+    extension = ".nii" if name.endswith(".nii") else Path(name).suffix
+    verify_written(path, extension)
+    short = _cut(path, path.stat().st_size - 1)
+    expected = "the written file is incomplete" if extension == ".nii" else "the written file's data is incomplete"
+    assert _refused(short, extension) == expected
+
+
+@pytest.mark.parametrize("name", ["zipped.nrrd", "zipped.mha", "zipped.nii.gz", "labels.seg.nrrd"])
+def test_compressed_data_cut_anywhere_is_incomplete(tmp_path, name):
+    path = _itk(tmp_path, name, True)
+    extension = ".seg.nrrd" if name.endswith(".seg.nrrd") else ".nii.gz" if name.endswith(".nii.gz") \
+        else Path(name).suffix
+    verify_written(path, extension)
+    assert _refused(_cut(path, path.stat().st_size - 3), extension) == \
+        "the written file's compressed data is incomplete"
+
+
+def test_a_header_cut_before_its_end_and_an_empty_file_are_incomplete(tmp_path):
+    path = _itk(tmp_path, "h.nrrd", False)
+    assert _refused(_cut(path, 30), ".nrrd") == "the header is cut short"
+    mha = _itk(tmp_path, "h.mha", False)
+    assert _refused(_cut(mha, 40), ".mha") == "the header is cut short"
+    (tmp_path / "empty.json").write_bytes(b"")
+    assert _refused(tmp_path / "empty.json", ".json") == "the written file is empty"
+
+
+def _gzip_nrrd(path: Path, payload: bytes) -> Path:
+    path.write_bytes(b"NRRD0004\ntype: uchar\ndimension: 1\nsizes: %d\nencoding: gzip\n\n" % len(payload)
+                     + gzip.compress(payload))
+    return path
+
+
+def test_a_compressed_stream_that_inflates_past_its_read_limit_is_whole(tmp_path):
+    """40 MB of zeros in one compressed read: inflated in steps (16 MiB at a time), not mistaken for a cut."""
+    path = _gzip_nrrd(tmp_path / "zeros.nrrd", bytes(40 << 20))
+    verify_written(path, ".nrrd")
+    assert _refused(_cut(path, path.stat().st_size - 8), ".nrrd") == \
+        "the written file's compressed data is incomplete"
+
+
+def test_a_corrupt_compressed_stream_is_incomplete(tmp_path):
+    path = _gzip_nrrd(tmp_path / "data.nrrd", bytes(range(256)) * 64)
+    data = bytearray(path.read_bytes())
+    header = data.index(b"\n\n") + 2
+    for offset in range(header + 12, header + 40):
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+    assert _refused(path, ".nrrd") == "the written file's compressed data is incomplete"
+
+
+def test_pictures_json_weights_and_other_files(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(1, 1))
+    figure.savefig(tmp_path / "p.png")
+    plt.close(figure)
+    verify_written(tmp_path / "p.png", ".png")
+    assert _refused(_cut(tmp_path / "p.png", (tmp_path / "p.png").stat().st_size - 4), ".png") == \
+        "the written picture is incomplete"
+    (tmp_path / "r.json").write_text(json.dumps({"structures": [1, 2, 3]}), encoding="utf-8")
+    verify_written(tmp_path / "r.json", ".json")
+    assert _refused(_cut(tmp_path / "r.json", 10), ".json") == "the written JSON is incomplete"
+    (tmp_path / "bad.json").write_bytes(b'{"a": "\xff"}')
+    assert _refused(tmp_path / "bad.json", ".json") == "the written JSON is incomplete"
+    with zipfile.ZipFile(tmp_path / "w.pt", "w") as archive:
+        archive.writestr("w/data.pkl", b"x" * 4000)
+    verify_written(tmp_path / "w.pt", ".pt")
+    assert _refused(_cut(tmp_path / "w.pt", 3000), ".pt") == "the written weights are incomplete"
+    data = bytearray((tmp_path / "w.pt").read_bytes())
+    data[100] ^= 0xFF  # inside the stored member: its CRC no longer matches
+    (tmp_path / "crc.pt").write_bytes(bytes(data))
+    assert _refused(tmp_path / "crc.pt", ".pt") == "the written weights are corrupt"
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")
+    verify_written(tmp_path / "table.csv", ".csv")  # no structure to check: any non-empty file
+
+
+def _dicom(path: Path, rows=3, columns=5, bits=8, frames=None, samples=1, pixel_bytes=None, syntax=None) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.Rows, dataset.Columns, dataset.BitsAllocated, dataset.BitsStored = rows, columns, bits, bits
+    dataset.HighBit, dataset.PixelRepresentation, dataset.SamplesPerPixel = bits - 1, 0, samples
+    dataset.PhotometricInterpretation = "MONOCHROME2" if samples == 1 else "RGB"
+    if frames is not None:
+        dataset.NumberOfFrames = frames
+    size = dicom_pixel_bytes(dataset) if pixel_bytes is None else pixel_bytes
+    if meta.TransferSyntaxUID.is_compressed:
+        from pydicom.encaps import encapsulate
+
+        dataset.PixelData = encapsulate([bytes(size)])
+    else:
+        dataset.PixelData = bytes(size + size % 2)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({}, 15), ({"bits": 1}, 2), ({"bits": 1, "frames": 3}, 6), ({"frames": ""}, 15), ({"frames": 4}, 60),
+    ({"bits": 16, "frames": 2}, 60), ({"samples": 3}, 45), ({"bits": 1, "rows": 1, "columns": 1}, 1)])
+def test_the_pixel_bytes_a_dicom_header_declares(tmp_path, fields, expected):
+    dataset = pydicom.dcmread(_dicom(tmp_path / "x.dcm", **fields), stop_before_pixels=True)
+    assert dicom_pixel_bytes(dataset) == expected
+
+
+def test_dicom_pixel_data_that_contradicts_its_header_is_refused(tmp_path):
+    from pydicom.uid import JPEGBaseline8Bit
+
+    whole = _dicom(tmp_path / "odd.dcm")          # 15 bytes declared, 16 stored (even length): whole
+    _check_dicom_pixel_data([whole])
+    verify_written(whole, ".dcm")
+    short = _dicom(tmp_path / "short.dcm", pixel_bytes=12)
+    with pytest.raises(InputError) as refused:
+        _check_dicom_pixel_data([whole, short])
+    assert str(refused.value) == (f"{short}: its pixel data holds 12 bytes, but Rows x Columns x frames x bits "
+                                  "declare 15: a corrupt or contradictory header")
+    with pytest.raises(InputError, match="holds 18 bytes"):
+        _check_dicom_pixel_data([_dicom(tmp_path / "long.dcm", pixel_bytes=18)])
+    # compressed pixel data has no fixed length; a file pydicom cannot read is left to GDCM
+    _check_dicom_pixel_data([_dicom(tmp_path / "jpeg.dcm", pixel_bytes=4, syntax=JPEGBaseline8Bit)])
+    (tmp_path / "junk.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
+    _check_dicom_pixel_data([tmp_path / "junk.dcm"])
+
+
+def test_a_written_dicom_object_cut_short_is_incomplete(tmp_path):
+    path = _dicom(tmp_path / "seg.dcm", rows=20, columns=20)
+    assert _refused(_cut(path, path.stat().st_size - 100), ".dcm") in (
+        "the written DICOM object's pixel data is incomplete", "the written DICOM object is incomplete")
+    assert _refused(_cut(path, 60), ".dcm") == "the written DICOM object is incomplete"
