@@ -236,3 +236,18 @@ def test_cardiac_function_carries_the_verdict_per_phase(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 3
     assert any(line.startswith("dinseg: warning: ") and "not larger than at ES" in line for line in err.splitlines())
+
+
+def test_the_input_check_runs_on_an_image_outside_the_training_spacing():
+    """A CT whose spacing is outside the card's range is named, and the intensity checks after it still run."""
+    import SimpleITK as sitk
+
+    from conftest import SAMPLE_CT, SAMPLE_CT_LABELS
+    from dinseg.core.io import read_volume
+    from dinseg.models import find_model
+    from dinseg.reports.quality import quality_verdict
+
+    volume = read_volume(SAMPLE_CT)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_CT_LABELS)))
+    verdict = quality_verdict(labels, volume.array, volume.geometry, find_model("btcv-ct-light"), modality="CT")
+    assert not [note for note in verdict.notes if "could not be computed" in note], verdict.notes

@@ -520,9 +520,9 @@ def check_input(out: _Collector, measured: Mapping[str, Measured], image, geomet
     if trained.get("in_plane"):
         low, high = trained["in_plane"]
         if spacing[0] < low / SPACING_FACTOR or spacing[1] > high * SPACING_FACTOR:
-            measured = f"{spacing[0]:.2g}" if abs(spacing[0] - spacing[1]) < 0.01 else f"{spacing[0]:.2g}-{spacing[1]:.2g}"
+            shown = f"{spacing[0]:.2g}" if abs(spacing[0] - spacing[1]) < 0.01 else f"{spacing[0]:.2g}-{spacing[1]:.2g}"
             trained_span = f"{low:.2g}" if abs(low - high) < 0.01 else f"{low:.2g}-{high:.2g}"
-            out.problem(f"in-plane spacing {measured} mm is outside what the model was trained on ({trained_span} mm)")
+            out.problem(f"in-plane spacing {shown} mm is outside what the model was trained on ({trained_span} mm)")
     if trained.get("slice"):
         low, high = trained["slice"]
         if slice_spacing < low / SPACING_FACTOR or slice_spacing > high * SPACING_FACTOR:
