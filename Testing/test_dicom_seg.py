@@ -105,3 +105,131 @@ def test_non_dicom_input_and_anonymised_series_are_refused_before_work(series, r
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "lacks FrameOfReferenceUID (0020,0052)" in error[0]
     assert list(out.parent.iterdir()) == []
+
+
+# ---- write_dicom_seg and order_by_slice, called directly (fast; what mutation testing runs) ----------------
+@pytest.fixture(scope="module")
+def small_series(tmp_path_factory):
+    """Four 32 x 32 slices of the real CT as a DICOM series, read as dinseg reads it."""
+    from dinseg.core.io import read_volume
+
+    folder = tmp_path_factory.mktemp("small") / "series"
+    write_dicom_series(sitk.ReadImage(str(SAMPLE_CT))[40:72, 40:72, 80:84], folder)
+    return read_volume(folder)
+
+
+def _refusal(call, *args) -> str:
+    from dinseg.core.errors import InputError
+
+    with pytest.raises(InputError) as refused:
+        call(*args)
+    return str(refused.value)
+
+
+def test_a_seg_holds_the_present_structures_coded_and_named(small_series, tmp_path):
+    from dinseg.core.terminology import LabelInfo, label_infos_for
+    from dinseg.reports.dicomseg import write_dicom_seg
+
+    liver, spleen, aorta, kidney = label_infos_for(["liver", "spleen", "aorta", "left kidney"])
+    long_name = LabelInfo(value=255, name="a-structure-whose-name-is-longer-than-a-DICOM-label-" * 3,
+                          color=(10, 200, 30), category=liver.category, type=liver.type)
+    labels = np.zeros((4, 32, 32), np.uint8)
+    labels[:, 4:12, 4:12] = liver.value
+    labels[1:3, 20:30, 20:30] = 255
+    labels[3, 28:31, 2:5] = kidney.value
+    model = "m" * 70
+    path = tmp_path / "seg.dcm"
+    write_dicom_seg(path, labels, small_series, [liver, spleen, aorta, kidney, long_name], model, "1.2.3")
+    seg = pydicom.dcmread(path)
+    source = pydicom.dcmread(small_series.source_files[0], stop_before_pixels=True)
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == [liver.name, kidney.name, long_name.name[:64]]
+    modifier = seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
+    assert (modifier[0].CodingSchemeDesignator, modifier[0].CodeValue) == (kidney.modifier.scheme, kidney.modifier.value)
+    assert "SegmentedPropertyTypeModifierCodeSequence" not in seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0]
+    from dinseg import __version__
+
+    assert (seg.SeriesNumber, seg.InstanceNumber, seg.DeviceSerialNumber, seg.SoftwareVersions) == (
+        int(source.SeriesNumber) + 1000, 1, "none", f"dinseg {__version__}")
+    assert seg.SeriesInstanceUID != source.SeriesInstanceUID and seg.StudyInstanceUID == source.StudyInstanceUID
+    assert (seg.SeriesDescription, seg.ContentLabel, seg.ContentDescription) == (
+        f"DIN segmentation ({model})"[:64], "DINSEG", f"{model} 1.2.3"[:64])
+    assert (seg.Manufacturer, seg.ManufacturerModelName) == ("DINSegmentation", model[:64])
+    for item, info in zip(seg.SegmentSequence, (liver, kidney, long_name)):
+        algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion, algorithm.AlgorithmSource) == (
+            model, "1.2.3", "DINSegmentation")
+        category = item.SegmentedPropertyCategoryCodeSequence[0]
+        assert (category.CodingSchemeDesignator, category.CodeValue) == (info.category.scheme, info.category.value)
+        assert list(item.RecommendedDisplayCIELabValue) == list(hd.color.CIELabColor.from_rgb(*info.color).value)
+
+
+def test_what_a_seg_cannot_hold_is_refused_in_one_line(small_series, tmp_path):
+    import dataclasses
+
+    from conftest import CINE_DICOM
+    from dinseg.core.io import read_volume
+    from dinseg.core.terminology import label_infos_for
+    from dinseg.reports.dicomseg import write_dicom_seg
+
+    infos = label_infos_for(["liver"])
+    path = tmp_path / "seg.dcm"
+    labels = np.ones((4, 32, 32), np.uint8)
+    assert _refusal(write_dicom_seg, path, labels[np.newaxis], small_series, infos, "m", "1") == \
+        f"{path}: DICOM SEG output holds one 3D frame; choose one with --frames N"
+    assert _refusal(write_dicom_seg, path, labels[:3], small_series, infos, "m", "1") == \
+        f"{path}: 3 label slices for 4 source images"
+    assert _refusal(write_dicom_seg, path, labels * 0, small_series, infos, "m", "1") == \
+        f"{path}: no structure was found, so there is nothing to store as DICOM SEG"
+    no_files = dataclasses.replace(small_series, source_files=())
+    assert _refusal(write_dicom_seg, path, labels, no_files, infos, "m", "1") == (
+        "the input: DICOM SEG needs a DICOM series as input (it references the source images); write .seg.nrrd or "
+        ".nii.gz for this input")
+    anonymised = tmp_path / "anonymised.dcm"
+    dataset = pydicom.dcmread(small_series.source_files[1])
+    del dataset.FrameOfReferenceUID
+    dataset.save_as(anonymised)
+    files = list(small_series.source_files)
+    files[1] = str(anonymised)
+    assert _refusal(write_dicom_seg, path, labels, dataclasses.replace(small_series, source_files=tuple(files)),
+                    infos, "m", "1") == (f"{anonymised}: lacks FrameOfReferenceUID (0020,0052), which a DICOM SEG "
+                                         "needs to reference its source (an anonymised series?)")
+    for series_number in (None, 0):  # a single-frame image alone is a series of one; no series number: 1000
+        single = tmp_path / "single.dcm"
+        dataset = pydicom.dcmread(small_series.source_files[0])
+        if series_number is None:
+            del dataset.SeriesNumber
+        else:
+            dataset.SeriesNumber = series_number
+        dataset.save_as(single)
+        one = dataclasses.replace(small_series, array=small_series.array[:1], source_files=(str(single),))
+        write_dicom_seg(path, labels[:1], one, infos, "m", "1")
+        assert (pydicom.dcmread(path).NumberOfFrames, pydicom.dcmread(path).SeriesNumber) == (1, 1000)
+        path.unlink()
+    cine = read_volume(CINE_DICOM)
+    assert _refusal(write_dicom_seg, path, np.ones(cine.array.shape[1:], np.uint8), cine, infos, "m", "1") == (
+        f"{CINE_DICOM}: is a multi-frame DICOM object; DICOM SEG output supports series of single-frame images")
+    assert not path.exists()
+
+
+def test_source_files_are_ordered_by_position_or_refused(small_series, tmp_path):
+    from dinseg.reports.dicomseg import order_by_slice
+
+    files = list(small_series.source_files)
+    assert order_by_slice(files[::-1], small_series.geometry) == tuple(files)
+    assert _refusal(order_by_slice, files[:3] + files[:1], small_series.geometry) == \
+        "the 4 DICOM files do not lie one to one on the volume's 4 slices"
+    stripped = tmp_path / "no-position.dcm"
+    dataset = pydicom.dcmread(files[2])
+    del dataset.ImagePositionPatient
+    dataset.save_as(stripped)
+    assert _refusal(order_by_slice, files[:2] + [str(stripped)] + files[3:], small_series.geometry) == \
+        f"{stripped}: lacks ImagePositionPatient (0020,0032)"
+
+
+def test_without_highdicom_a_seg_is_refused_with_what_to_install(monkeypatch):
+    from dinseg.reports.dicomseg import source_datasets
+
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # as where it is not installed
+    with pytest.raises(Exception) as refused:
+        source_datasets(None, "x")
+    assert str(refused.value) == "DICOM SEG output needs highdicom (pip install highdicom; Python 3.10 or later)"

@@ -5,6 +5,7 @@ are the tests mutation testing runs for ``dinseg.core.io``)."""
 from __future__ import annotations
 
 import gzip
+import re
 import json
 import zipfile
 from pathlib import Path
@@ -187,3 +188,95 @@ def test_a_written_dicom_object_cut_short_is_incomplete(tmp_path):
     assert _refused(_cut(path, path.stat().st_size - 100), ".dcm") in (
         "the written DICOM object's pixel data is incomplete", "the written DICOM object is incomplete")
     assert _refused(_cut(path, 60), ".dcm") == "the written DICOM object is incomplete"
+
+
+@pytest.mark.parametrize("header, data, whole", [
+    # fields our writers always write, missing or unknown: counted as the header lets (type unknown: 1 byte)
+    (b"NRRD0004\ntype: weird\ndimension: 1\nsizes: 10\nencoding: raw\n\n", 10, True),
+    (b"NRRD0004\ntype: weird\ndimension: 1\nsizes: 10\nencoding: raw\n\n", 9, False),
+    (b"NRRD0004\ntype: short\ndimension: 1\nencoding: raw\n\n", 0, True),
+    (b"NRRD0004\ndimension: 1\nsizes: 4\nencoding: raw\n\n", 4, True),
+    (b"ObjectType = Image\nNDims = 1\nDimSize = 10\nElementType = MET_WEIRD\nElementDataFile = LOCAL\n", 10, True),
+    (b"ObjectType = Image\nNDims = 1\nDimSize = 10\nElementType = MET_WEIRD\nElementDataFile = LOCAL\n", 9, False),
+    (b"ObjectType = Image\nNDims = 1\nDimSize = 5\nElementDataFile = LOCAL\n", 5, True),
+    (b"ObjectType = Image\nNDims = 1\nElementType = MET_SHORT\nElementDataFile = LOCAL\n", 0, True)])
+def test_headers_without_the_usual_fields_are_checked_as_far_as_they_tell(tmp_path, header, data, whole):
+    extension = ".nrrd" if header.startswith(b"NRRD") else ".mha"
+    path = tmp_path / f"hand{extension}"
+    path.write_bytes(header + b"\1" * data)
+    if whole:
+        verify_written(path, extension)
+    else:
+        assert _refused(path, extension) == "the written file's data is incomplete"
+
+
+def test_a_whole_dicom_object_of_even_length_is_complete(tmp_path):
+    verify_written(_dicom(tmp_path / "even.dcm", rows=20, columns=20), ".dcm")   # 400 bytes, exactly as declared
+
+
+def test_every_dicom_file_is_checked_after_one_that_cannot_be(tmp_path):
+    from pydicom.uid import JPEGBaseline8Bit
+
+    short = _dicom(tmp_path / "short.dcm", pixel_bytes=12)
+    rowless = pydicom.dcmread(_dicom(tmp_path / "rowless.dcm"))
+    del rowless.Rows  # pixel data whose size cannot be worked out: left to GDCM
+    rowless.save_as(tmp_path / "rowless.dcm")
+    skipped = (_dicom(tmp_path / "jpeg.dcm", pixel_bytes=4, syntax=JPEGBaseline8Bit), tmp_path / "rowless.dcm",
+               tmp_path / "junk.dcm")
+    (tmp_path / "junk.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
+    for first in skipped:
+        with pytest.raises(InputError, match="short.dcm: its pixel data holds 12 bytes"):
+            _check_dicom_pixel_data([first, short])
+
+
+def test_samples_per_pixel_missing_or_empty_counts_as_one():
+    from pydicom.dataset import Dataset
+
+    dataset = Dataset()
+    dataset.Rows, dataset.Columns, dataset.BitsAllocated = 4, 4, 8
+    assert dicom_pixel_bytes(dataset) == 16
+    dataset.SamplesPerPixel = None
+    dataset.NumberOfFrames = None
+    assert dicom_pixel_bytes(dataset) == 16
+
+
+def test_the_temporary_file_is_hidden_beside_the_target_with_its_extension(tmp_path):
+    from dinseg.core.io import atomic_output
+
+    with atomic_output(tmp_path / "labels.nii.gz") as temporary:
+        assert temporary.parent == tmp_path
+        assert re.fullmatch(r"\.labels\.[a-z0-9_]{8}\.nii\.gz", temporary.name), temporary.name
+        (tmp_path / "x.json").write_text("{}")
+        sitk.WriteImage(_image(), str(temporary))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nii.gz", "x.json"]
+
+
+def test_write_failures_are_one_line_naming_the_file(tmp_path, monkeypatch):
+    import os
+
+    from dinseg.core.errors import OutputError
+    from dinseg.core.io import atomic_output, check_output_path
+
+    missing = tmp_path / "missing" / "labels.nrrd"
+    with pytest.raises(OutputError) as refused:
+        with atomic_output(missing):
+            pass
+    assert str(refused.value) == f"{missing}: cannot write (No such file or directory)"
+    with pytest.raises(OutputError) as refused:
+        with atomic_output(tmp_path / "labels.nrrd"):   # what SimpleITK's writers raise
+            raise RuntimeError("sitk::ERROR: the writer failed\nException thrown in SimpleITK ImageFileWriter: "
+                               "Could not create IO object for writing file\nsitk::cleanup")
+    assert str(refused.value) == (f"{tmp_path / 'labels.nrrd'}: cannot write (Exception thrown in SimpleITK "
+                                  "ImageFileWriter: Could not create IO object for writing file)")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError) as refused:
+        check_output_path(missing)
+    assert str(refused.value) == f"{missing}: the output folder {missing.parent} does not exist"
+    with pytest.raises(InputError) as refused:
+        check_output_path("/proc/dinseg-labels.nii.gz")  # os.access says yes to root: the probe says no
+    assert re.fullmatch(r"/proc/dinseg-labels\.nii\.gz: cannot write in /proc \([A-Z][a-z ]+\)", str(refused.value))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == tmp_path else real_access(path, mode))
+    with pytest.raises(InputError) as refused:
+        check_output_path(tmp_path / "labels.nrrd")
+    assert str(refused.value) == f"{tmp_path / 'labels.nrrd'}: the output folder {tmp_path} is not writable"
