@@ -19,7 +19,8 @@ from typing import Any, Dict, Optional
 from ..core.errors import ModelError
 from ..core.io import atomic_output
 from ..core.preprocess import Normalization
-from ..models import WeightsInfo, save_weights, sha256_of
+from ..models import WeightsInfo, save_weights
+from ..models.card import load_checked_weights, read_card_file
 from .network import RefinerConfig, build_refiner_network
 
 REFINER_CARD_FORMAT = "dinseg-refiner-card/1"
@@ -83,34 +84,16 @@ class RefinerCard:
 
 def load_refiner_card(path) -> RefinerCard:
     """Read a refiner card from its ``.json`` file or a folder holding exactly one."""
-    path = Path(path)
-    if path.is_dir():
-        cards = sorted(path.glob("*.json"))
-        if len(cards) != 1:
-            raise ModelError(f"{path}: expected one refiner card (*.json) in this folder, found {len(cards)}")
-        path = cards[0]
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path}: cannot read refiner card ({error})") from None
+    data, path = read_card_file(path, "refiner")
     return RefinerCard.from_dict(data, path=path)
 
 
 def load_refiner_network(card: RefinerCard):
     """The card's network with its weights, in eval mode, after the SHA-256 check (weights_only load)."""
-    import torch
-
-    path = card.weights_path
-    if not path.is_file():
-        raise ModelError(f"refiner {card.name}: weights file {path} is missing")
-    actual = sha256_of(path)
-    if actual != card.weights.sha256:
-        raise ModelError(f"refiner {card.name}: weights {path.name} have SHA-256 {actual[:16]}..., "
-                         f"the card says {card.weights.sha256[:16]}...; refusing to load them")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checked_weights(card.weights_path, card.weights.sha256, f"refiner {card.name}")
     network = build_refiner_network(card.network)
     try:
-        network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        network.load_state_dict(state)
     except RuntimeError as error:
         raise ModelError(f"refiner {card.name}: weights do not fit its network configuration "
                          f"({str(error).splitlines()[0]})") from None

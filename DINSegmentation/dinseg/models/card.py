@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.errors import ModelError
 from ..core.io import atomic_output
@@ -120,18 +120,23 @@ class ModelCard:
         return path
 
 
-def load_card(path) -> ModelCard:
-    """Read a card from a ``.json`` file or a folder holding exactly one card."""
+def read_card_file(path, kind: str = "model") -> Tuple[Dict[str, Any], Path]:
+    """(JSON content, file path) of a ``kind`` card in a ``.json`` file or a folder holding exactly one."""
     path = Path(path)
     if path.is_dir():
         cards = sorted(path.glob("*.json"))
         if len(cards) != 1:
-            raise ModelError(f"{path}: expected one model card (*.json) in this folder, found {len(cards)}")
+            raise ModelError(f"{path}: expected one {kind} card (*.json) in this folder, found {len(cards)}")
         path = cards[0]
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8")), path
     except (OSError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path}: cannot read model card ({error})") from None
+        raise ModelError(f"{path}: cannot read {kind} card ({error})") from None
+
+
+def load_card(path) -> ModelCard:
+    """Read a card from a ``.json`` file or a folder holding exactly one card."""
+    data, path = read_card_file(path)
     return ModelCard.from_dict(data, path=path)
 
 
@@ -143,19 +148,24 @@ def sha256_of(path) -> str:
     return digest.hexdigest()
 
 
-def load_weights(card: ModelCard) -> Dict[str, Any]:
-    """The card's state dict (float32 tensors), after its SHA-256 is checked; never unpickles objects."""
+def load_checked_weights(path: Path, sha256: str, owner: str) -> Dict[str, Any]:
+    """The state dict in ``path`` (float32 tensors), after its SHA-256 matches ``sha256``; never unpickles
+    objects. owner: how messages name it ("model NAME")."""
     import torch
 
-    path = card.weights_path
     if not path.is_file():
-        raise ModelError(f"model {card.name}: weights file {path} is missing")
+        raise ModelError(f"{owner}: weights file {path} is missing")
     actual = sha256_of(path)
-    if actual != card.weights.sha256:
-        raise ModelError(f"model {card.name}: weights {path.name} have SHA-256 {actual[:16]}..., "
-                         f"the card says {card.weights.sha256[:16]}...; refusing to load them")
+    if actual != sha256:
+        raise ModelError(f"{owner}: weights {path.name} have SHA-256 {actual[:16]}..., "
+                         f"the card says {sha256[:16]}...; refusing to load them")
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+
+
+def load_weights(card: ModelCard) -> Dict[str, Any]:
+    """The card's state dict (float32 tensors), after its SHA-256 is checked (see :func:`load_checked_weights`)."""
+    return load_checked_weights(card.weights_path, card.weights.sha256, f"model {card.name}")
 
 
 def load_network(card: ModelCard, device="cpu"):
