@@ -52,7 +52,8 @@ def _click_seconds(source: Path, threads: int, repeats: int) -> List[float]:
     labels = Segmenter(card, device="cpu").segment(volume).labels
     volume.modality = volume.modality or card.modality
     value = int(max(np.unique(labels[labels > 0]), key=lambda v: (labels == v).sum()))
-    z, y, x = np.argwhere(labels == value)[len(np.argwhere(labels == value)) // 2]
+    inside = np.argwhere(labels == value)
+    z, y, x = inside[len(inside) // 2]
     refiner = Refiner(bundled_refiner())
     refiner.refine(volume, labels, value, [(x, y, z)])  # first click: the image is normalised once
     seconds = []

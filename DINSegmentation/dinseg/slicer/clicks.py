@@ -39,6 +39,8 @@ class ClickSession:
     label_infos: Optional[List[LabelInfo]]
     positive: object
     negative: object
+    #: the volume as the engine's image, read once (its modality set): the refiner normalises it once too
+    image: object = None
     #: per click: (was it positive, {segment ID: (z, y, x) bool mask before the click})
     history: List[Tuple[bool, Dict[str, np.ndarray]]] = field(default_factory=list)
 
@@ -86,7 +88,14 @@ class ClickCorrectionLogic:
                 display.SetSelectedColor(*color)
                 display.SetColor(*color)
             lists.append(points)
-        self.session = ClickSession(volume_node, segmentation_node, segment_id, ids, infos, lists[0], lists[1])
+        image = volume_to_image(volume_node)
+        image.modality = image.modality or (card.modality if card is not None else None)
+        if image.modality is None:
+            from ..pipeline.segmenter import guess_modality
+
+            image.modality = guess_modality(image.array)
+        self.session = ClickSession(volume_node, segmentation_node, segment_id, ids, infos, lists[0], lists[1],
+                                    image)
         return self.session
 
     def add_click(self, ras, positive: bool = True) -> int:
@@ -144,24 +153,18 @@ class ClickCorrectionLogic:
 
     def _correct(self, positive: bool) -> int:
         session = self.session
-        image = volume_to_image(session.volume)
         labels = segmentation_to_labels(session.segmentation, session.volume, session.label_infos)
         value = next(v for v, segment in session.segment_ids.items() if segment == session.segment_id)
-        card = model_of(session.segmentation)
-        modality = image.modality or (card.modality if card is not None else None)
-        if modality is None:
-            from ..pipeline.segmenter import guess_modality
-
-            modality = guess_modality(image.array)
-        refined = self.refiner.refine(image, labels, value, self._clicks_lps(session.positive),
-                                      self._clicks_lps(session.negative), space="lps", modality=modality)
+        refined = self.refiner.refine(session.image, labels, value, self._clicks_lps(session.positive),
+                                      self._clicks_lps(session.negative), space="lps")
         # a click changes the structure its way only: a positive click adds, a negative one removes
         # (the refiner redraws the crop; without this a click can move boundaries far from it)
         if positive:
             refined = np.where((refined == value) & (labels != value), value, labels).astype(labels.dtype)
         else:
             refined = np.where((labels == value) & (refined != value), refined, labels).astype(labels.dtype)
-        changed = np.unique(np.concatenate([labels[labels != refined], refined[labels != refined]]))
+        differs = labels != refined
+        changed = np.unique(np.concatenate([labels[differs], refined[differs]]))
         before = {session.segment_ids[int(v)]: labels == v for v in changed if v != 0}
         after = {session.segment_ids[int(v)]: refined == v for v in changed if v != 0}
         # segments that lose voxels first, so that the corrected one can take them (one shared layer)
