@@ -701,7 +701,7 @@ def quality_rows(data_root: str, acdc_patients: int = 2, abdomen_cases: int = 2,
         for copy_name, (copy, copy_truth) in _corruptions(card, volume, truth, corrupt and not calibration).items():
             started = time.perf_counter()
             labels = segmenter.segment(copy).labels
-            variants = variant_labels(segmenter, copy, labels)
+            variants = variant_labels(segmenter, copy)
             verdict = quality_verdict(labels, copy.array, copy.geometry, card, variants=variants,
                                       modality=card.modality)
             for info in card.labels:

@@ -164,7 +164,7 @@ def write_labels(output: Path, volume, labels, geometry, label_infos, producer: 
     write_segmentation(output, labels, geometry, label_infos, frame_spacing)
 
 
-def variant_labels(segmenter, volume, labels=None, frame: Optional[int] = None,
+def variant_labels(segmenter, volume, frame: Optional[int] = None,
                    factors: Sequence[float] = (1.15,)) -> List[object]:
     """Labels of cheap test-time variants of one 3D image (or ``frame`` of a time series): the image
     re-stored with its in-plane spacing times each factor (see reports.quality.variant_geometries)."""
@@ -196,7 +196,7 @@ def result_quality(volume, result, card, segmenter=None, frame: Optional[int] = 
         labels = result.labels
         if labels.ndim == 3:
             factors = (1.15, 0.87, 1.3)[:max(0, int(variants))]
-            computed = variant_labels(segmenter, volume, labels, frame, factors) if segmenter and factors else None
+            computed = variant_labels(segmenter, volume, frame, factors) if segmenter and factors else None
             return quality_verdict(labels, array, result.geometry, card, variants=computed, modality=modality)
         verdicts = {f"frame {t + 1}": quality_verdict(labels[t], array[t], result.geometry, card, modality=modality)
                     for t in range(labels.shape[0])}
