@@ -1,4 +1,4 @@
-"""Segment names, colours and SNOMED-CT codes, and their 3D Slicer serialisation."""
+"""Segment names, colours and SNOMED-CT codes, and their 3D Slicer serialisation (colours: :mod:`.colors`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .colors import STRUCTURE_COLORS, structure_color
 from .errors import ConfigError
 
 
@@ -72,19 +73,19 @@ _LEFT = Code("SCT", "7771000", "Left")
 _RIGHT = Code("SCT", "24028007", "Right")
 _KIDNEY = Code("SCT", "64033007", "Kidney")
 
-#: Structures the bundled models segment, by name: (type, modifier, colour)
+#: Structures the bundled models segment, by name: (type, modifier, display colour)
 KNOWN_STRUCTURES: Dict[str, Tuple[Code, Optional[Code], Tuple[int, int, int]]] = {
-    "aorta": (Code("SCT", "15825003", "Aorta"), None, (224, 97, 76)),
-    "gallbladder": (Code("SCT", "28231008", "Gallbladder"), None, (139, 150, 98)),
-    "left kidney": (_KIDNEY, _LEFT, (185, 102, 83)),
-    "right kidney": (_KIDNEY, _RIGHT, (185, 102, 83)),
-    "liver": (Code("SCT", "10200004", "Liver"), None, (221, 130, 101)),
-    "pancreas": (Code("SCT", "15776009", "Pancreas"), None, (249, 180, 111)),
-    "spleen": (Code("SCT", "78961009", "Spleen"), None, (157, 108, 162)),
-    "stomach": (Code("SCT", "69695003", "Stomach"), None, (216, 132, 105)),
-    "right ventricle": (Code("SCT", "53085002", "Right ventricle"), None, (181, 85, 57)),
-    "myocardium": (Code("SCT", "74281007", "Myocardium"), None, (206, 110, 84)),
-    "left ventricle": (Code("SCT", "87878005", "Left ventricle"), None, (152, 55, 13)),
+    "aorta": (Code("SCT", "15825003", "Aorta"), None, STRUCTURE_COLORS["aorta"]),
+    "gallbladder": (Code("SCT", "28231008", "Gallbladder"), None, STRUCTURE_COLORS["gallbladder"]),
+    "left kidney": (_KIDNEY, _LEFT, STRUCTURE_COLORS["left kidney"]),
+    "right kidney": (_KIDNEY, _RIGHT, STRUCTURE_COLORS["right kidney"]),
+    "liver": (Code("SCT", "10200004", "Liver"), None, STRUCTURE_COLORS["liver"]),
+    "pancreas": (Code("SCT", "15776009", "Pancreas"), None, STRUCTURE_COLORS["pancreas"]),
+    "spleen": (Code("SCT", "78961009", "Spleen"), None, STRUCTURE_COLORS["spleen"]),
+    "stomach": (Code("SCT", "69695003", "Stomach"), None, STRUCTURE_COLORS["stomach"]),
+    "right ventricle": (Code("SCT", "53085002", "Right ventricle"), None, STRUCTURE_COLORS["right ventricle"]),
+    "myocardium": (Code("SCT", "74281007", "Myocardium"), None, STRUCTURE_COLORS["myocardium"]),
+    "left ventricle": (Code("SCT", "87878005", "Left ventricle"), None, STRUCTURE_COLORS["left ventricle"]),
 }
 
 #: The Synapse multi-organ benchmark's 8 organs in label order 1..8 (TransUNet, DIN)
@@ -93,22 +94,20 @@ SYNAPSE_ORGANS = ("aorta", "gallbladder", "left kidney", "right kidney", "liver"
 ACDC_STRUCTURES = ("right ventricle", "myocardium", "left ventricle")
 
 
-#: Colours for structures without a known terminology entry
-_PALETTE = ((128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
-            (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0))
 GENERIC_STRUCTURE = Code("SCT", "91723000", "Anatomical structure")
 
 
 def label_infos_for(names: Sequence[str]) -> List[LabelInfo]:
     """LabelInfo for class names, valued 1..N in order: known codes and colours where we have them,
-    otherwise a generic "Anatomical structure" code (a warning says which) and a palette colour."""
+    otherwise a generic "Anatomical structure" code (a warning says which) and a palette colour
+    (:func:`.colors.structure_color`)."""
     labels = []
     for value, name in enumerate(names, start=1):
         if name in KNOWN_STRUCTURES:
             code, modifier, color = KNOWN_STRUCTURES[name]
         else:
             logging.getLogger("dinseg").warning("no SNOMED-CT code known for %r; using a generic one", name)
-            code, modifier, color = GENERIC_STRUCTURE, None, _PALETTE[(value - 1) % len(_PALETTE)]
+            code, modifier, color = GENERIC_STRUCTURE, None, structure_color(name, value)
         labels.append(LabelInfo(value=value, name=name, color=color, type=code, modifier=modifier))
     return labels
 

@@ -37,16 +37,11 @@ def label_overlay(label_slice: np.ndarray, colors: np.ndarray, fill_alpha: float
 
 
 def preview_colors(label_infos: Sequence[LabelInfo]) -> np.ndarray:
-    """(256, 3) RGB in 0..1 indexed by label value: Tableau's categorical palette (matplotlib tab10,
-    tab20 beyond ten structures), one distinct hue per structure in label order. The terminology
-    colours that Slicer segments keep are anatomical (both kidneys alike, liver, aorta and
-    stomach near one another), which a legend cannot tell apart in a small picture."""
-    import matplotlib
-
-    palette = matplotlib.colormaps["tab10" if len(label_infos) <= 10 else "tab20"].colors
+    """(256, 3) RGB in 0..1 indexed by label value: each structure's display colour (:mod:`dinseg.core.colors`,
+    the same as in Slicer, the web page and the ``.seg.nrrd``)."""
     colors = np.zeros((256, 3))
-    for index, info in enumerate(label_infos):
-        colors[info.value] = palette[index % len(palette)][:3]
+    for info in label_infos:
+        colors[info.value] = info.color_float
     return colors
 
 
