@@ -233,3 +233,24 @@ def test_without_highdicom_a_seg_is_refused_with_what_to_install(monkeypatch):
     with pytest.raises(Exception) as refused:
         source_datasets(None, "x")
     assert str(refused.value) == "DICOM SEG output needs highdicom (pip install highdicom; Python 3.10 or later)"
+
+
+def test_a_lone_two_frame_object_is_refused_as_multi_frame(small_series, tmp_path):
+    """Two frames is already multi-frame: refused before any work (check_dicom_seg_source) with the
+    multi-frame message, not after segmenting with a count mismatch."""
+    import dataclasses
+
+    from dinseg.core.terminology import label_infos_for
+    from dinseg.reports.dicomseg import source_datasets, write_dicom_seg
+
+    two = tmp_path / "two-frames.dcm"
+    dataset = pydicom.dcmread(small_series.source_files[0])
+    dataset.NumberOfFrames = 2
+    dataset.PixelData = dataset.PixelData * 2
+    dataset.save_as(two)
+    volume = dataclasses.replace(small_series, array=small_series.array[:2], source_files=(str(two),))
+    message = f"{two}: is a multi-frame DICOM object; DICOM SEG output supports series of single-frame images"
+    assert _refusal(source_datasets, volume, str(two)) == message
+    assert _refusal(write_dicom_seg, tmp_path / "seg.dcm", np.ones((2, 32, 32), np.uint8), volume,
+                    label_infos_for(["liver"]), "m", "1") == message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two-frames.dcm"]

@@ -280,3 +280,76 @@ def test_write_failures_are_one_line_naming_the_file(tmp_path, monkeypatch):
     with pytest.raises(InputError) as refused:
         check_output_path(tmp_path / "labels.nrrd")
     assert str(refused.value) == f"{tmp_path / 'labels.nrrd'}: the output folder {tmp_path} is not writable"
+
+
+def test_a_cut_file_on_a_nearly_full_disk_is_said_to_be_one(tmp_path, monkeypatch):
+    """The hint " (no space left on device?)" is added where under 1 MiB is free: the file system's
+    free space is injected (os.statvfs of the target's folder), the writer stops short as ITK does."""
+    import os
+
+    from dinseg.core.errors import OutputError
+    from dinseg.core.io import atomic_output
+
+    whole = _itk(tmp_path, "whole.nrrd", False)
+    target = tmp_path / "out" / "labels.nrrd"
+    target.parent.mkdir()
+    real_statvfs, asked = os.statvfs, []
+
+    def statvfs(path, free):
+        asked.append(Path(path))
+        stats = real_statvfs(path)
+        return os.statvfs_result((*stats[:4], free // stats.f_frsize, *stats[5:]))
+
+    for free, hint in (((1 << 20) - 4096, " (no space left on device?)"), (1 << 20, "")):
+        monkeypatch.setattr(os, "statvfs", lambda path, free=free: statvfs(path, free))
+        with pytest.raises(OutputError) as refused:
+            with atomic_output(target) as temporary:
+                temporary.write_bytes(whole.read_bytes()[:-10])
+        assert str(refused.value) == f"{target}: the written file's data is incomplete{hint}"
+    assert asked == [target.parent] * 2 and list(target.parent.iterdir()) == []
+
+
+def test_a_dicom_file_meta_without_transfer_syntax_is_still_checked(tmp_path):
+    """A file meta group that lacks (0002,0010): pydicom guesses the syntax; the pixel data is held to
+    the header all the same (not skipped as if compressed)."""
+    dataset = pydicom.dcmread(_dicom(tmp_path / "x.dcm", rows=20, columns=20, pixel_bytes=300))
+    del dataset.file_meta.TransferSyntaxUID
+    path = tmp_path / "no-syntax.dcm"
+    dataset.save_as(path, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    assert not hasattr(pydicom.dcmread(path).file_meta, "TransferSyntaxUID")
+    with pytest.raises(InputError) as refused:
+        _check_dicom_pixel_data([path])
+    assert str(refused.value) == (f"{path}: its pixel data holds 300 bytes, but Rows x Columns x frames x bits "
+                                  "declare 400: a corrupt or contradictory header")
+
+
+def test_pixel_data_past_the_deferred_read_size_is_checked(tmp_path):
+    """Pixel data over 256 bytes is not read (defer_size): its length is still compared, whole and cut."""
+    _check_dicom_pixel_data([_dicom(tmp_path / "whole.dcm", rows=40, columns=40)])
+    with pytest.raises(InputError, match="holds 1200 bytes, but Rows x Columns x frames x bits declare 1600"):
+        _check_dicom_pixel_data([_dicom(tmp_path / "cut.dcm", rows=40, columns=40, pixel_bytes=1200)])
+
+
+def _peak_mib_verifying(path: Path, extension: str) -> float:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        verify_written(path, extension)
+        return tracemalloc.get_traced_memory()[1] / 2 ** 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_verifying_a_compressed_file_holds_a_bounded_part_of_it_in_memory(tmp_path):
+    """A compressed output is inflated in steps (1 MiB read, 16 MiB out at a time), not whole: 64 MiB of
+    zeros (a 300 KB file) peaks at 32 MiB (the 16 MiB step and its assembly), 8 MiB of noise (an 8 MiB
+    file) at 3.4 MiB (Python 3.11). Bounds: 48 and 6 MiB, under a doubled step (64 and 9.4 MiB) or
+    reading the file whole (21 MiB)."""
+    header = b"NRRD0004\ntype: uchar\ndimension: 1\nsizes: %d\nencoding: gzip\n\n"
+    zeros, noise = tmp_path / "zeros.nrrd", tmp_path / "noise.nrrd"
+    zeros.write_bytes(header % (64 << 20) + gzip.compress(bytes(64 << 20), 1))
+    data = np.random.default_rng(0).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()
+    noise.write_bytes(header % len(data) + gzip.compress(data, 1))
+    assert _peak_mib_verifying(zeros, ".nrrd") < 48
+    assert _peak_mib_verifying(noise, ".nrrd") < 6
