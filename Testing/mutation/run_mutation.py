@@ -5,7 +5,7 @@ pytest, not part of CI; docs/mutation-testing.md has the results and what each s
     pip install -e ".[mutation]"        # mutmut
     python Testing/mutation/run_mutation.py [MODULE ...] [--budget-s SECONDS] [--work DIR]
 
-MODULE: io, models, web-files, dicomseg, job (default: all, job last). Each module runs in a scratch copy
+MODULE: io, io-readers, models, web-files, dicomseg, job (default: all, job last). Each module runs in a scratch copy
 of the package and the tests (``--work``, default /tmp/dinseg-mutation/<module>), so the working tree is
 never touched; mutmut reads its settings from a pyproject.toml written there. Per module: only the
 functions named below are mutated, only the test files that cover them run, one worker process
@@ -59,6 +59,12 @@ MODULES = [
                   "Testing/test_segment.py::test_preview_png_is_written",
                   "-k", "not full_disk and not sigterm and not cannot_grow"),
            budget_s=720),
+    Module("io-readers", ("core/io.py",),   # the input side: what read_volume refuses and how it reads
+           functions=tuple(f"dinseg.core.io.x_{name}" for name in (
+               "check_nifti_payload", "_integer_payload_complete", "check_extent", "check_voxels",
+               "_check_declared_size", "read_volume")),
+           tests=("Testing/test_input_readers.py",),
+           budget_s=600),
     Module("models", ("models/card.py", "models/registry.py"),
            functions=("dinseg.models.card.x_load_weights", "dinseg.models.card.x_load_card",
                       "dinseg.models.card.x_sha256_of", "dinseg.models.card.x_save_weights",
@@ -80,7 +86,9 @@ MODULES = [
     Module("job", ("pipeline/job.py",),   # a colleague edits job.py: only its copy is mutated
            functions=tuple(f"dinseg.pipeline.job.xǁSegmentationProcessǁ{name}" for name in (
                "cancel", "kill", "_reap", "ended", "remove_temp_dir")) + ("dinseg.pipeline.job.x__signal_group",),
-           tests=("Testing/test_job.py", "Testing/test_job_cancel.py"),
+           # test_job_windows.py: the Windows branches in an emulation of Windows (os.name "nt", no killpg or
+           # SIGKILL, a taskkill stand-in on PATH); without it they can only be measured on Windows
+           tests=("Testing/test_job.py", "Testing/test_job_cancel.py", "Testing/test_job_windows.py"),
            budget_s=420),
 ]
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",
