@@ -31,7 +31,7 @@ def test_paper_preset_builds_with_convnext_base_widths(fusion):
     params = sum(p.numel() for p in net.parameters())
     encoder = sum(p.numel() for p in net.original_encoder.parameters())
     assert 80e6 < encoder < 100e6  # ConvNeXt-base has about 88 M
-    assert params > (2 * encoder if fusion != "single" else encoder)
+    assert params > (2 * encoder if fusion not in ("single", "image") else encoder)
 
 
 def test_paper_preset_forward_shape_at_odd_size():
@@ -122,8 +122,9 @@ def test_bench_model_prints_every_variant_against_its_baseline(capsys):
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in table.splitlines()
             if line.startswith("| ") and not line.startswith("| model")}
     assert set(rows) == {"U-Net, same widths (light)", "DIN light single", "DIN light concat", "DIN light difm",
-                         "MONAI BasicUNet (default widths)"}
+                         "DIN light image", "MONAI BasicUNet (default widths)"}
     assert rows["U-Net, same widths (light)"][-1].strip() == "1.00"
     parameters = {name: float(cells[0]) for name, cells in rows.items()}
     assert parameters["DIN light single"] < parameters["DIN light concat"] < parameters["DIN light difm"]
+    assert parameters["DIN light single"] <= parameters["DIN light image"] < parameters["DIN light concat"]
     assert all(float(cells[2]) > 0 for cells in rows.values())

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
-FUSION_VARIANTS = ("single", "concat", "difm")
+FUSION_VARIANTS = ("single", "concat", "difm", "image")
 #: network arithmetic at inference: "auto" (float16 on CUDA, float32 elsewhere) or "float32"
 PRECISIONS = ("auto", "float32")
 #: test-time augmentation: the softmax averaged over this many in-plane quarter turns
@@ -24,7 +24,9 @@ class NetConfig:
 
     fusion: ``"difm"`` (the paper: bidirectional cross-attention per stage), ``"concat"``
         (both encoders, features concatenated and convolved) or ``"single"`` (original image
-        only). All three share the same decoder, so they can be compared in an ablation.
+        only) or ``"image"`` (Fuse4Seg: a small learned fusion of the original and the enhanced
+        image into one image, fed to one encoder). All four share the same decoder, so they can be
+        compared in an ablation.
     kv_reduction: spatial-reduction ratio of keys and values per stage (as in PVT). The
         default (4, 2, 1, 1) pools the keys of the first three stages to 1/16 of the input
         resolution, so the first stage costs O(N * N/16) instead of O(N^2): at 224x224 it

@@ -114,3 +114,31 @@ class ConcatFusion(nn.Module):
 
     def forward(self, original: StageFeatures, enhanced: StageFeatures) -> torch.Tensor:
         return self.mix(torch.cat([original[1], enhanced[1]], dim=1))
+
+
+class ImageFusion(nn.Module):
+    """Fuse4Seg-style fusion *before* the network: the original and the enhanced image -> one image.
+
+    image, enhanced: (B, C, H, W) -> (B, C, H, W). A small convolutional net (3.3 k
+    parameters at C = 3) looks at both images and predicts, per pixel and channel, a blend
+    weight ``a`` in (0, 1) and a detail term ``r``: fused = a * image + (1 - a) * enhanced + r.
+    It starts as the plain average (a = 0.5, r = 0: the last layer is zero-initialised), and
+    the segmentation loss trains it jointly with the one encoder behind it. Fuse4Seg's bi-level
+    scheme (a lower-level fusion objective under the upper-level segmentation objective) is
+    simplified to that single joint objective; the convex blend keeps the fused image within
+    the range of its two sources, the part of the lower level that keeps it an image.
+    """
+
+    def __init__(self, channels: int, hidden: int = 16):
+        super().__init__()
+        self.channels = channels
+        self.body = nn.Sequential(nn.Conv2d(2 * channels, hidden, 3, padding=1), nn.GELU(),
+                                  nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU())
+        self.out = nn.Conv2d(hidden, 2 * channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, image: torch.Tensor, enhanced: torch.Tensor) -> torch.Tensor:
+        blend, detail = self.out(self.body(torch.cat([image, enhanced], dim=1))).split(self.channels, dim=1)
+        weight = torch.sigmoid(blend)
+        return weight * image + (1 - weight) * enhanced + detail

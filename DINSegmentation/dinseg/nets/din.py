@@ -10,7 +10,7 @@ from torch import nn
 
 from .blocks import ConvBlock, EncoderStage
 from .config import NetConfig
-from .difm import ConcatFusion, DualInteractiveFusion
+from .difm import ConcatFusion, DualInteractiveFusion, ImageFusion
 
 
 class Encoder(nn.Module):
@@ -66,7 +66,8 @@ class DualInteractionNet(nn.Module):
 
     forward(image, enhanced): image and enhanced (B, C_in, H, W), any H and W (padded inside
     to a multiple of 32) -> logits (B, num_classes, H, W). ``enhanced`` is ignored (and may be
-    None) for the ``single`` variant.
+    None) for the ``single`` variant. The ``image`` variant fuses the two images into one first
+    (:class:`~dinseg.nets.difm.ImageFusion`) and runs one encoder on it.
     """
 
     def __init__(self, config: NetConfig):
@@ -75,7 +76,8 @@ class DualInteractionNet(nn.Module):
         self.original_encoder = Encoder(config)
         self.enhanced_encoder: Optional[nn.Module] = None
         self.fusions = nn.ModuleList()
-        if config.fusion != "single":
+        self.image_fusion: Optional[nn.Module] = ImageFusion(config.in_channels) if config.fusion == "image" else None
+        if config.fusion not in ("single", "image"):
             self.enhanced_encoder = self.original_encoder if config.share_encoders else Encoder(config)
             low_channels = (config.stem_channels,) + config.widths[:-1]
             for stage, width in enumerate(config.widths):
@@ -90,9 +92,20 @@ class DualInteractionNet(nn.Module):
     @property
     def uses_enhanced(self) -> bool:
         """Whether forward() reads the enhanced image."""
-        return self.enhanced_encoder is not None
+        return self.enhanced_encoder is not None or self.image_fusion is not None
 
-    def forward(self, image: torch.Tensor, enhanced: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, enhanced: Optional[torch.Tensor] = None,
+                return_features: bool = False):
+        """Logits (B, K, H, W); with ``return_features`` also :meth:`encode`'s features (one forward
+        pass, so the consistency loss trains through DistributedDataParallel as the logits do)."""
+        height, width = image.shape[2:]
+        skips = self.encode(image, enhanced)
+        logits = self.decoder(skips)[:, :, :height, :width]
+        return (logits, skips) if return_features else logits
+
+    def encode(self, image: torch.Tensor, enhanced: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """The decoder's skip features (after fusion), [(B, c0, H', W'), ..., (B, c4, H'/32, W'/32)]
+        with H', W' padded to a multiple of 32: what the consistency loss compares."""
         if image.dim() != 4 or image.shape[1] != self.config.in_channels:
             raise ValueError(f"image must be (B, {self.config.in_channels}, H, W), got {tuple(image.shape)}")
         if self.uses_enhanced and (enhanced is None or enhanced.shape != image.shape):
@@ -101,6 +114,8 @@ class DualInteractionNet(nn.Module):
         height, width = image.shape[2:]
         multiple = self.config.downsampling
         pad = (0, -width % multiple, 0, -height % multiple)
+        if self.image_fusion is not None:
+            return self.original_encoder(F.pad(self.image_fusion(image, enhanced), pad))
         original = self.original_encoder(F.pad(image, pad))
         if self.enhanced_encoder is None:
             skips = original
@@ -110,5 +125,5 @@ class DualInteractionNet(nn.Module):
             for stage, fusion in enumerate(self.fusions):
                 skips.append(fusion((original[stage], original[stage + 1]),
                                     (enhanced_features[stage], enhanced_features[stage + 1])))
-        return self.decoder(skips)[:, :, :height, :width]
+        return skips
 

@@ -1,6 +1,7 @@
 """The paper's claim, tested on a real data set: does the enhanced stream, fused by DIFM, help?
 
-Trains the ``single``, ``concat`` and ``difm`` variants from one training configuration (its
+Trains the ``single``, ``concat``, ``difm`` and ``image`` variants (and any of them with ConDSeg's
+consistency reinforcement, ``difm+consistency``) from one training configuration (its
 data, split, preprocessing, augmentation and preset), with the same budget and seeds, and
 scores each on the configuration's validation patients (whole volumes, through the inference
 engine). ``dinseg ablation configs/acdc-light.yaml --epochs 5 --seeds 0 1 2`` is the ACDC run.
@@ -37,7 +38,7 @@ class AblationPlan:
 
     config: object = ""
     output: str = "runs/ablation"
-    variants: Tuple[str, ...] = FUSION_VARIANTS
+    variants: Tuple[str, ...] = ("single", "concat", "difm")  # also "image", and any with "+consistency"
     seeds: Tuple[int, ...] = (0, 1)
     epochs: Optional[int] = None
     iterations_per_epoch: Optional[int] = None
@@ -53,17 +54,41 @@ class AblationPlan:
         return TrainConfig.from_file(self.config)
 
     def run_config(self, variant: str, seed: int):
-        """The TrainConfig of one run: the base with this fusion, seed, budget and its own folder."""
+        """The TrainConfig of one run: the base with this fusion, seed, budget and its own folder.
+
+        ``FUSION+consistency`` turns on the consistency reinforcement (the base's ``consistency``
+        options, weight :data:`CONSISTENCY_WEIGHT` unless the base sets one); the plain variants
+        train with it off."""
         base = self.base_config()
         epochs = self.epochs or base.epochs
-        changes = dict(fusion=variant, seed=seed, epochs=epochs, val_every=epochs,
-                       output=str(Path(self.output) / "runs" / f"{variant}-seed{seed}"),
-                       model_name=f"{base.model_name}-{variant}-seed{seed}", weights_dtype="float32")
+        fusion, consistency = parse_variant(variant)
+        options = dict(base.consistency)
+        if consistency:
+            options["weight"] = options.get("weight") or CONSISTENCY_WEIGHT
+        else:
+            options.pop("weight", None)
+        name = variant.replace("+", "-")
+        changes = dict(fusion=fusion, seed=seed, epochs=epochs, val_every=epochs, consistency=options,
+                       output=str(Path(self.output) / "runs" / f"{name}-seed{seed}"),
+                       model_name=f"{base.model_name}-{name}-seed{seed}", weights_dtype="float32")
         if self.iterations_per_epoch:
             changes["iterations_per_epoch"] = self.iterations_per_epoch
         if self.device:
             changes["device"] = self.device
         return dataclasses.replace(base, **changes)
+
+
+#: the consistency loss's weight in a ``+consistency`` run when the configuration sets none
+CONSISTENCY_WEIGHT = 0.1
+
+
+def parse_variant(variant: str) -> Tuple[str, bool]:
+    """``"difm"`` -> ("difm", False); ``"difm+consistency"`` -> ("difm", True); ConfigError otherwise."""
+    fusion, plus, extra = str(variant).partition("+")
+    if fusion not in FUSION_VARIANTS or (plus and extra != "consistency"):
+        raise ConfigError(f"unknown variant {variant!r}; choose from {', '.join(FUSION_VARIANTS)}, "
+                          "each optionally with '+consistency'")
+    return fusion, bool(plus)
 
 
 def run_ablation(plan: AblationPlan) -> List[Dict[str, object]]:
@@ -76,8 +101,7 @@ def run_ablation(plan: AblationPlan) -> List[Dict[str, object]]:
     from .train import DINTrainingLogic
 
     for variant in plan.variants:
-        if variant not in FUSION_VARIANTS:
-            raise ConfigError(f"unknown variant {variant!r}; choose from {', '.join(FUSION_VARIANTS)}")
+        parse_variant(variant)
     root = Path(plan.output)
     rows = []
     for variant in plan.variants:

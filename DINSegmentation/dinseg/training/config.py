@@ -14,6 +14,8 @@ from typing import Any, Dict, Tuple
 
 from ..core.errors import ConfigError
 from ..core.preprocess import EnhanceConfig, Normalization, Preprocessing
+from ..nets.config import FUSION_VARIANTS
+from .consistency import check_consistency
 
 
 @dataclass
@@ -48,6 +50,9 @@ class TrainConfig:
     normalization_high: float = 275.0
     enhancement: Dict[str, Any] = field(default_factory=lambda: {"method": "clahe"})
     augmentation: Dict[str, Any] = field(default_factory=dict)  # dinseg.training.data.sampling.Augmentation fields
+    # ConDSeg consistency reinforcement (dinseg.training.consistency): {weight: 0.1, degradations:
+    # [illumination, gamma, contrast, noise], strength: 1.0, stages: [1, 2, 3, 4]}; weight 0 or {}: off
+    consistency: Dict[str, Any] = field(default_factory=dict)
     patch_size: Tuple[int, int] = (224, 224)
     # random square canvas per batch, cut from the patch (model-grid pixels): field-of-view
     # augmentation, so that scans with more or less air around the body look familiar; (0, 0) = off
@@ -74,6 +79,12 @@ class TrainConfig:
     weights_dtype: str = "float16"              # precision of the card's weights file
 
     def __post_init__(self) -> None:
+        if self.fusion not in FUSION_VARIANTS:
+            raise ConfigError(f"fusion must be one of {', '.join(FUSION_VARIANTS)}, got {self.fusion!r}")
+        try:
+            check_consistency(self.consistency)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.schedule not in ("cosine", "poly"):
             raise ConfigError(f"schedule must be cosine or poly, got {self.schedule!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.iterations_per_epoch < 1:
@@ -115,6 +126,11 @@ class TrainConfig:
     def from_file(cls, path) -> "TrainConfig":
         """A configuration file (YAML or JSON); ``base: FILE`` (beside it) supplies the options it leaves out."""
         return cls.from_dict(_read_options(Path(path), ()))
+
+    @property
+    def consistency_options(self) -> Dict[str, Any]:
+        """``consistency`` with its defaults filled in (weight 0: off)."""
+        return check_consistency(self.consistency)
 
     def preprocessing(self) -> Preprocessing:
         try:

@@ -28,6 +28,7 @@ from .. import __version__
 from ..core.enhance import enhance
 from ..core.errors import ConfigError, InputError
 from ..core.io import atomic_output
+from .consistency import consistency_loss, degrade
 from .losses import DINLoss
 from ..models import ModelCard, WeightsInfo, save_weights
 from ..nets import NetConfig, build_network
@@ -221,6 +222,11 @@ class DINTrainingLogic:
         use_amp = config.amp and device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         criterion = DINLoss(num_classes, config.loss())
+        consistency = config.consistency_options
+        if consistency["weight"] > 0:
+            log.info("consistency reinforcement: weight %g, degradations %s, strength %g, stages %s",
+                     consistency["weight"], ", ".join(consistency["degradations"]), consistency["strength"],
+                     consistency["stages"])
 
         state = {"epoch": 0, "iteration": 0, "best_dice": -1.0, "history": []}
         if self.resume:
@@ -253,10 +259,23 @@ class DINTrainingLogic:
                                               np.random.default_rng([config.seed, epoch, step]))
                 image = image.to(device, non_blocking=True)
                 target = target.to(device, non_blocking=True)
+                if consistency["weight"] > 0:  # the batch and its degraded copies, in one forward pass
+                    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + state["iteration"])
+                    image = torch.cat([image, degrade(image, consistency["degradations"], consistency["strength"],
+                                                      generator)])
+                    target = torch.cat([target, target])
                 enhanced = enhance(image, preprocessing.enhancement) if network.uses_enhanced else None
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    logits = model(image, enhanced)
+                    if consistency["weight"] > 0:
+                        logits, features = model(image, enhanced, return_features=True)
+                    else:
+                        logits = model(image, enhanced)
                 terms = criterion.terms(logits, target)
+                if consistency["weight"] > 0:
+                    half = image.shape[0] // 2
+                    terms["consistency"] = consistency_loss([features[s][:half] for s in consistency["stages"]],
+                                                            [features[s][half:] for s in consistency["stages"]])
+                    terms["total"] = terms["total"] + consistency["weight"] * terms["consistency"]
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(terms["total"]).backward()
                 scaler.unscale_(optimizer)
