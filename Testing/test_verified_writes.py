@@ -282,7 +282,7 @@ def test_write_failures_are_one_line_naming_the_file(tmp_path, monkeypatch):
     assert str(refused.value) == f"{tmp_path / 'labels.nrrd'}: the output folder {tmp_path} is not writable"
 
 
-def test_a_cut_file_on_a_nearly_full_disk_is_said_to_be_one(tmp_path, monkeypatch):
+def test_a_cut_file_where_under_a_mebibyte_is_free_gets_the_space_hint(tmp_path, monkeypatch):
     """The hint " (no space left on device?)" is added where under 1 MiB is free: the file system's
     free space is injected (os.statvfs of the target's folder), the writer stops short as ITK does."""
     import os
