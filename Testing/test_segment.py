@@ -444,12 +444,17 @@ def test_batch_segments_each_case_once_reports_failures_and_skips_existing(rando
     assert (out / "third.nii.gz").is_file()
 
 
-def test_batch_refuses_two_cases_with_one_output_name(random_ct_model, ct_crop, tmp_path, capsys):
-    other = tmp_path / "other"
-    other.mkdir()
-    sitk.WriteImage(sitk.ReadImage(str(ct_crop)), str(other / "ct_crop.nrrd"))
-    _expect_failure(capsys, ["segment", str(ct_crop), str(other / "ct_crop.nrrd"), "-o", str(tmp_path / "out"),
-                             "--model", str(random_ct_model)], "the same output 'ct_crop'", tmp_path / "out" / "x")
+def test_batch_names_cases_of_one_stem_by_their_folders_and_refuses_one_folder_one_stem(ct_crop, tmp_path, capsys):
+    from dinseg.pipeline.files import batch_cases
+
+    image = sitk.ReadImage(str(ct_crop))
+    for path in (tmp_path / "first" / "ct.nii.gz", tmp_path / "second" / "ct.nrrd", tmp_path / "first" / "ct.nrrd"):
+        path.parent.mkdir(exist_ok=True)
+        sitk.WriteImage(image, str(path))
+    assert batch_cases([str(tmp_path / "first" / "ct.nii.gz"), str(tmp_path / "second" / "ct.nrrd")]) == \
+        [("first", tmp_path / "first" / "ct.nii.gz"), ("second", tmp_path / "second" / "ct.nrrd")]
+    _expect_failure(capsys, ["segment", str(tmp_path / "first"), "-o", str(tmp_path / "out")],
+                    "the same output 'ct'", tmp_path / "out" / "x")
 
 
 @pytest.mark.parametrize("target", ["/proc/dinseg_out.nii.gz", "/sys/dinseg_out.seg.nrrd"])

@@ -45,6 +45,7 @@ class FileResult:
     enhancement: object
     labels: object
     quality: object = None  # reports.quality.QualityVerdict, or None when not asked for
+    geometry: object = None  # core.geometry.Geometry of the labels (one frame's)
 
 
 @dataclass
@@ -282,7 +283,8 @@ def segment_file(source, output, options: SegmentOptions = SegmentOptions(), *, 
                            card.labels, title=f"{Path(str(source)).name} - {card.name} {card.version}",
                            enhancement=segmenter.enhancement)
     return FileResult(output=output, card=card, device=str(result.device), timer=timer,
-                      enhancement=segmenter.enhancement, labels=result.labels, quality=verdict)
+                      enhancement=segmenter.enhancement, labels=result.labels, quality=verdict,
+                      geometry=result.geometry)
 
 
 def case_name(path: Path) -> str:
@@ -292,6 +294,36 @@ def case_name(path: Path) -> str:
         if name.lower().endswith(extension):
             return name[:-len(extension)]
     return name
+
+
+def case_names(paths: Sequence[Path]) -> List[str]:
+    """One output name per case: the file's stem where it is unique, otherwise its folder's name, then
+    the folders above joined with "_" until the names differ (``cases/case_00000/imaging.nii.gz`` ->
+    ``case_00000``). InputError when two cases cannot be told apart (one folder, one stem)."""
+    resolved = [Path(path).resolve() for path in paths]
+    depths = [0] * len(resolved)
+
+    def name(index: int) -> str:
+        path, depth = resolved[index], depths[index]
+        if depth == 0:
+            return case_name(path)
+        return "_".join(folder.name for folder in reversed(list(path.parents)[:depth]))
+
+    while True:
+        groups: Dict[str, List[int]] = {}
+        for index in range(len(resolved)):
+            groups.setdefault(name(index), []).append(index)
+        clashes = [members for members in groups.values() if len(members) > 1]
+        if not clashes:
+            return [name(index) for index in range(len(resolved))]
+        for members in clashes:
+            if any(depths[index] >= len(resolved[index].parents) - 1 for index in members) or \
+                    len({resolved[index].parent for index in members}) == 1:
+                first, second = (paths[index] for index in members[:2])
+                raise InputError(f"two cases would write the same output {name(members[0])!r}: {first} and "
+                                 f"{second} (one folder, one name; rename one)")
+            for index in members:
+                depths[index] += 1
 
 
 def folder_cases(folder: Path) -> List[Path]:
@@ -314,20 +346,16 @@ def is_batch(inputs: Sequence[str], output: str) -> bool:
 
 
 def batch_cases(inputs: Sequence[str]) -> List[Tuple[str, Path]]:
-    """(name, path) of every case: each input a file or series folder, or a folder of cases."""
-    cases = []
+    """(name, path) of every case: each input a file or series folder, or a folder of cases; names
+    from :func:`case_names`."""
+    paths = []
     for name in inputs:
         source = resolve_input(name)
         if not source.exists():
             raise InputError(f"{source}: no such file or folder")
         found = folder_cases(source) if source.is_dir() else []
-        cases += [(case_name(path), path) for path in (found or [source])]
-    seen: Dict[str, Path] = {}
-    for case, path in cases:
-        if case in seen:
-            raise InputError(f"two cases would write the same output {case!r}: {seen[case]} and {path}")
-        seen[case] = path
-    return cases
+        paths += found or [source]
+    return list(zip(case_names(paths), paths))
 
 
 def segment_files(inputs: Sequence[str], folder, options: SegmentOptions = SegmentOptions(), *,
@@ -336,7 +364,8 @@ def segment_files(inputs: Sequence[str], folder, options: SegmentOptions = Segme
                   quality_variants: int = 1) -> Iterator[CaseOutcome]:
     """Segment every case of ``inputs`` into ``folder/<case><extension>``, yielding one outcome per case.
 
-    All cases are listed and checked first (two cases writing one output are refused); each model
+    All cases are listed and checked first (named by :func:`case_names`; two cases that cannot be
+    told apart are refused); each model
     is loaded once. A case that fails is reported ("failed" with its one-line reason) and skipped.
     statistics: a file name; each case's goes to ``folder/<case>_<name>``.
     """
