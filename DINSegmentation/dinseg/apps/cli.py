@@ -1,4 +1,4 @@
-"""The ``dinseg`` command: segment, refine, cardiac-function, models, train, evaluate, synth, ablation, benchmarks, web.
+"""The ``dinseg`` command: segment, cohort, refine, cardiac-function, models, train, evaluate, synth, ablation, benchmarks, web.
 
 Every command is a thin layer over the engine; errors meant for the user are printed as one
 line (``dinseg: error: ...``) with exit status 2.
@@ -17,13 +17,13 @@ log = logging.getLogger("dinseg")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import benchmarks, cardiac, interactive, models, segment, training, web
+    from .commands import benchmarks, cardiac, cohort, interactive, models, segment, training, web
 
     parser = argparse.ArgumentParser(prog="dinseg", description="Dual Interaction Network organ segmentation.")
     parser.add_argument("--version", action="version", version=f"dinseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (segment, interactive, cardiac, models, training, benchmarks, web):
+    for module in (segment, cohort, interactive, cardiac, models, training, benchmarks, web):
         module.add_parsers(commands)
     return parser
 

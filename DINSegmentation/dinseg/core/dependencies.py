@@ -19,6 +19,9 @@ MINIMUM_VERSIONS: Dict[str, str] = {
     "scipy": "1.8",
     "PyYAML": "6",
     "h5py": "3",
+    "dask": "2024.1",
+    "distributed": "2024.1",
+    "pyarrow": "14",
 }
 
 #: feature -> the distributions it needs
@@ -26,6 +29,7 @@ FEATURES: Dict[str, Tuple[str, ...]] = {
     "segment": ("torch",),
     "dicom-seg": ("highdicom",),
     "train": ("torch", "monai", "scipy", "PyYAML", "h5py"),
+    "cohort": ("dask", "distributed", "pyarrow"),
 }
 
 
