@@ -306,6 +306,7 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
             first_image = time.monotonic() - started
 
             # preview: original and enhanced side by side
+            open_section(page, "enhance")
             page.click("#dinseg-preview")
             _expect_message(page, "left: original")
             _wait_for(lambda: len(page.query_selector_all("main img.image-display-area")) == 2, 30, "two views")
@@ -371,6 +372,7 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
             assert {info["name"]: int((labels == info["labelValue"]).sum()) for info in infos} == expected
 
             # bad input: a message in the page, the server keeps running, the scene is kept
+            open_section(page, "open")
             page.fill("#dinseg-data-path", "../outside.nii.gz")
             page.click("#dinseg-open-data")
             _expect_message(page, "is outside the data folder")
@@ -379,7 +381,7 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
             _expect_message(page, "link_out.nii.gz: is outside the data folder")
             page.fill("#dinseg-data-path", "corrupt.nii.gz")
             page.click("#dinseg-open-data")
-            _expect_message(page, "corrupt.nii.gz: cannot read this image")
+            _expect_message(page, "corrupt.nii.gz: cannot read this image: the file is cut short or not a NIfTI file")
             big = tmp_path / "big.nrrd"
             big.write_bytes(os.urandom((UPLOAD_LIMIT_MB + 1) * 1000 * 1000))
             page.set_input_files("input[type=file]", str(big))
@@ -391,6 +393,7 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
                                                                       "link_out.nii.gz"]
 
             # an image of the data folder: its result is written next to it
+            open_section(page, "open")
             page.fill("#dinseg-data-path", "cases/ct.nii.gz")
             page.click("#dinseg-open-data")
             _expect_message(page, "opened cases/ct.nii.gz")
@@ -410,6 +413,15 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
     assert running, f"the server died before the end of the test:\n{output[-3000:]}"
     assert server.returncode == 0 and "Traceback" not in output, output[-3000:]
     assert not list(server_temp.iterdir()), f"temporary files left: {list(server_temp.iterdir())}\n{output[-2000:]}"
+
+
+def open_section(page, name: str) -> None:
+    """Unfold a section of the panel (sections fold so that the page fits 1280 x 720)."""
+    section = page.locator(f"[data-section='{name}']")
+    _wait_for(lambda: "v-expansion-panel--active" in (section.get_attribute("class") or "") or
+              section.locator("button.v-expansion-panel-title").click() or page.wait_for_timeout(700), 10,
+              f"the section {name} to unfold")
+    section.locator(".v-expansion-panel-text__wrapper").wait_for(state="visible", timeout=5000)
 
 
 def _page_opens(page, url: str) -> bool:
