@@ -80,9 +80,9 @@ def test_one_byte_missing_is_truncated(tmp_path):
 
 
 def test_float_voxels_are_checked_in_bounded_memory(tmp_path):
-    """64 MiB of float32 are streamed 16 MiB at a time: the peak holds the read, its join with the
-    carried bytes, the finiteness mask: 32 MiB on Python 3.11), under 48; reading 32 MiB at a time or the whole
-    file would pass it."""
+    """64 MiB of float32 are streamed 16 MiB at a time: the peak (the read, its join with the carried bytes,
+    the finiteness mask) is 32 MiB on Python 3.11, under 48; reading 32 MiB at a time or the whole file
+    would pass it."""
     import tracemalloc
 
     path = _nifti(tmp_path / "big.nii", np.ones((64, 512, 512), np.float32), 16)
@@ -111,6 +111,24 @@ def test_only_the_dimensions_the_header_counts_are_voxels_and_an_empty_one_count
     assert check_nifti_payload(_nifti(tmp_path / "zero.nii", data, 16, dims=(5, 4, 3, 0))) is None
     short = _nifti(tmp_path / "four.nii", data, 16, dims=(5, 4, 3, 2))  # 2 frames declared, 1 stored
     assert _refusal(check_nifti_payload, short) == f"{short}: the file is truncated (240 bytes of voxel data missing)"
+
+
+def test_voxels_are_counted_by_datatype_as_itk_reads_them_not_by_a_corrupt_bitpix(tmp_path):
+    """ITK reads by the datatype code: a bitpix that contradicts it (negative, or 16 for float32) must not
+    let NaN voxels (which ITK would read as 0) or a cut file through."""
+    def with_bitpix(path: Path, bitpix: int) -> Path:
+        data = bytearray(path.read_bytes())
+        struct.pack_into("<h", data, 72, bitpix)
+        path.write_bytes(bytes(data))
+        return path
+
+    nan = with_bitpix(_nifti(tmp_path / "nan.nii", _floats(bad=[(40, np.nan)]), 16), -32)
+    assert _refusal(check_nifti_payload, nan) == f"{nan}: 1 voxel(s) are NaN or infinite"
+    data = _floats()
+    cut = with_bitpix(_nifti(tmp_path / "cut.nii", data[:-1], 16, dims=data.shape[::-1]), 16)
+    assert _refusal(check_nifti_payload, cut) == f"{cut}: the file is truncated (80 bytes of voxel data missing)"
+    # a negative dim: ITK reads one slice there, and so many voxels are counted
+    assert check_nifti_payload(_nifti(tmp_path / "negative.nii", data, 16, dims=(5, 4, -3))) is None
 
 
 def test_float_data_over_one_read_is_counted_across_reads(tmp_path):

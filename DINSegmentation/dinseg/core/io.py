@@ -23,6 +23,9 @@ from .geometry import Geometry
 OUTPUT_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".dcm")
 _FRAME_TIME_TAG = "0018,1063"
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+#: bytes per voxel of each NIfTI datatype, which is what ITK reads by (bitpix is not; a corrupt one is ignored)
+_NIFTI_VOXEL_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                      1536: 16, 1792: 16, 2048: 32, 2304: 4}
 log = logging.getLogger("dinseg")
 
 
@@ -230,7 +233,8 @@ def check_nifti_payload(path: Path) -> None:
             dims = struct.unpack(endian + "8h", header[40:56])
             datatype, bitpix = struct.unpack(endian + "hh", header[70:74])
             voxel_offset = int(struct.unpack(endian + "f", header[108:112])[0])
-            remaining = int(np.prod([max(d, 1) for d in dims[1:1 + dims[0]]], dtype=np.int64)) * bitpix // 8
+            remaining = (int(np.prod([max(d, 1) for d in dims[1:1 + dims[0]]], dtype=np.int64))
+                         * _NIFTI_VOXEL_BYTES.get(datatype, bitpix // 8))
             stream.read(max(voxel_offset - 348, 0))
             dtype = np.dtype(endian + _NIFTI_FLOAT_TYPES[datatype]) if datatype in _NIFTI_FLOAT_TYPES else None
             if dtype is None and _integer_payload_complete(path, max(voxel_offset, 348) + remaining):
