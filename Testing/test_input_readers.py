@@ -131,6 +131,15 @@ def test_voxels_are_counted_by_datatype_as_itk_reads_them_not_by_a_corrupt_bitpi
     assert check_nifti_payload(_nifti(tmp_path / "negative.nii", data, 16, dims=(5, 4, -3))) is None
 
 
+def test_a_datatype_code_nifti_does_not_define_is_counted_by_bitpix_and_refused_in_one_line(tmp_path):
+    data = _floats().astype(np.int16)
+    cut = _nifti(tmp_path / "cut.nii", data[:-1], 9999, dims=data.shape[::-1])   # bitpix 16
+    assert _refusal(check_nifti_payload, cut) == f"{cut}: the file is truncated (40 bytes of voxel data missing)"
+    whole = _nifti(tmp_path / "whole.nii", data, 9999)
+    assert check_nifti_payload(whole) is None
+    assert _refusal(read_volume, whole).startswith(f"{whole}: cannot read this image (")   # ITK's refusal
+
+
 def test_float_data_over_one_read_is_counted_across_reads(tmp_path):
     """17 MiB of float64 (two 16 MiB reads): a NaN at the first voxel, at the read boundary and at the last."""
     data = np.zeros((17, 256, 512), np.float64)
