@@ -339,13 +339,14 @@ def test_small_items_in_the_users_words(pages, data_folder):
     _type_path(page, "cases/ct.nii.gz")
     page.set_input_files("input[type=file]", str(data_folder / "heart" / "frame.nii.gz"))
     _expect_message(page, "opened frame.nii.gz")
-    _wait_for(lambda: page.input_value("#dinseg-data-path") == "", 10, "the data-folder field to empty")
+    _wait_for(lambda: not page.evaluate("trame.state.get('data_path')"), 10, "the data-folder field to empty")
 
     # the model's card is read on demand, beside the panel, not in a tooltip over the image
     open_section(page, "model")
-    page.hover("#dinseg-model")
+    page.hover("[data-section='model'] .v-select")
     page.wait_for_timeout(500)
-    assert page.query_selector("#dinseg-model-summary") is None and not page.locator(".v-tooltip").is_visible()
+    assert page.query_selector("#dinseg-model-summary") is None
+    assert not any(tip.is_visible() for tip in page.query_selector_all(".v-tooltip .v-overlay__content"))
     page.click("#dinseg-model-info")
     summary = page.locator("#dinseg-model-summary")
     summary.wait_for(state="visible", timeout=5000)

@@ -213,7 +213,6 @@ class DinsegWebApp:
         })
         self._build_ui()
         self.layout_manager.set_layout(AXIAL_LAYOUT)
-        self.state.change(self.ui.typed_state.name.active_tool)(self._on_tool)
 
     @property
     def state(self):
@@ -512,12 +511,11 @@ class DinsegWebApp:
         elif not self.state.click_mode:
             self._set_pointer_mode()
 
-    def _on_tool(self, **_changes) -> None:
+    def put_down_effect(self) -> None:
         """Back on the DIN panel, no effect stays active: a click there must not paint."""
-        if self.ui.typed_state.data.active_tool == "DinPanel":
-            self.slicer_app.segmentation_editor.deactivate_effect()
-            if not self.state.click_mode:
-                self._set_pointer_mode()
+        self.slicer_app.segmentation_editor.deactivate_effect()
+        if not self.state.click_mode:
+            self._set_pointer_mode()
 
     # -- enhancement preview -----------------------------------------------------------------
     def preview(self) -> None:
@@ -830,7 +828,8 @@ class DinsegWebApp:
                 v3.VChip("shared session", id="dinseg-shared-session", size="small", color="warning",
                          variant="tonal", classes="mx-2", title=SHARED_SESSION_NOTE)
             with layout.toolbar:
-                self._tool_button(layout, "DinPanel", "mdi-brain", "DIN segmentation")
+                self._tool_button(layout, "DinPanel", "mdi-brain", "DIN segmentation",
+                                  f"trigger('{self.server.controller.trigger_name(self.put_down_effect)}')")
                 self._tool_button(layout, "SegmentEditorUI", "mdi-layers-edit", "segments and effects")
             with layout.drawer:
                 with html.Div(v_if=f"{tool} === 'DinPanel'", classes="pa-2"):
@@ -860,10 +859,10 @@ class DinsegWebApp:
                       style="min-width: 90px;")
 
     @staticmethod
-    def _tool_button(layout, tool: str, icon: str, name: str) -> None:
+    def _tool_button(layout, tool: str, icon: str, name: str, also: str = "") -> None:
         names = layout.typed_state.name
         ControlButton(icon=icon, name=name, classes="mt-1", active=(f"{names.active_tool} === '{tool}'",),
-                      click=f"{names.active_tool} = '{tool}'; {names.is_drawer_visible} = true")
+                      click=f"{names.active_tool} = '{tool}'; {names.is_drawer_visible} = true; {also}")
 
     def _build_panel(self) -> None:
         ctrl = self.server.controller
