@@ -1,0 +1,69 @@
+"""The inference-side variant study (issue 34): its recombined variants are the engine's own labels."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dinseg.core.io import read_volume
+from dinseg.models import load_card
+from dinseg.training.synth import write_acdc_phantom
+from dinseg.training.train import DINTrainingLogic, TrainConfig
+from dinseg.training.variant_study import acdc_cases, main, study, summary
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    write_acdc_phantom(folder / "data", n_cases=3, degradation="mild", seed=5)
+    config = TrainConfig(layout="acdc", preset="light", spacing=(3.0, 3.0), orientation_mode="acquisition",
+                         normalization="percentile", normalization_low=0.5, normalization_high=99.5,
+                         enhancement={"method": "clahe", "tiles": 2}, patch_size=(48, 48), batch_size=2,
+                         iterations_per_epoch=3, warmup_iterations=1, workers=0, device="cpu", val_fraction=0.34,
+                         epochs=1, data=str(folder / "data"), output=str(folder / "run"), model_name="tiny",
+                         augmentation={"rotate_degrees": 180})
+    card = load_card(DINTrainingLogic(config).run()["last_card"])
+    split = folder / "split.json"
+    split.write_text(json.dumps({"val": ["patient001"]}))
+    return card, folder / "data", split
+
+
+def test_each_variant_is_what_the_engine_gives(trained):
+    from dinseg.pipeline.segmenter import Segmenter
+
+    card, data, split = trained
+    weights = {"none": [1, 1, 1, 1], "skewed": [1, 0.5, 2, 0.7]}
+    rows = study(card, acdc_cases(data, split), weights, flips=False)
+    assert [(r["patient"], r["phase"]) for r in rows] == [("patient001", "ED"), ("patient001", "ES")]
+    volume = read_volume(data / "patient001" / "patient001_frame01.nii.gz")
+    for (rotations, tta), (name, factors), (largest, clean) in (
+            ((1, "r1"), ("none", weights["none"]), (False, "none")),
+            ((2, "r2"), ("skewed", weights["skewed"]), (True, "lc")),
+            ((4, "r4"), ("skewed", weights["skewed"]), (False, "none")),
+            ((4, "r4"), ("none", weights["none"]), (True, "lc"))):
+        labels = Segmenter(card, device="cpu", rotations=rotations, class_weights=factors,
+                           largest_component=largest, fill_holes=False, precision="float32").segment(volume).labels
+        entry = rows[0]["variants"][f"{tta}|{name}|{clean}"]
+        assert entry["count"] == {str(k): int((labels == k).sum()) for k in (1, 2, 3)}, (tta, name, clean)
+        assert entry["lv_slices"] == [int(x) for x in (labels == 3).sum((1, 2))]
+    figures = summary(rows, "r2|none|lc")
+    assert 0 <= figures["ED"] <= 1 and len(figures["lv_ef"]) == 3
+
+
+def test_summary_reads_ejection_fraction_errors_from_counts(tmp_path, capsys):
+    def row(phase, model_lv, expert_lv):
+        return {"patient": "p", "phase": phase, "group": "g", "voxel_ml": 0.01,
+                "truth": {"1": 100, "2": 100, "3": expert_lv},
+                "variants": {"v": {"dice": {"1": 1.0, "2": 1.0, "3": 0.5}, "count": {"1": 100, "2": 100, "3": model_lv}}}}
+    rows = [row("ED", 1000, 1000), row("ES", 600, 400)]   # EF 40 % against the expert's 60 %
+    figures = summary(rows, "v")
+    assert figures["lv_ef"] == pytest.approx((20.0, -20.0, 20.0))
+    assert figures["lv_esv"] == pytest.approx((2.0, 2.0, 2.0))   # 200 voxels of 0.01 mL
+    assert math.isclose(figures["ES"], 2.5 / 3)
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(rows))
+    assert main(["--summary", str(path)]) == 0
+    assert "| v | 0.833 | 0.833 | 0.833 |" in capsys.readouterr().out
