@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 import types
@@ -93,9 +94,17 @@ def windows(tmp_path, monkeypatch):
     monkeypatch.setenv("TASKKILL_CALLS", str(calls))
     monkeypatch.setattr(SegmentationProcess, "GRACE_SECONDS", 0.3)
 
+    started = []
+
+    def popen(*args, **kwargs):  # the real Popen; the taskkill processes it starts are waited for at the end
+        process = subprocess.Popen(*args, **kwargs)
+        started.append(process)
+        return process
+
     def begin():
         monkeypatch.setattr(job_module, "os", _WindowsModule(os, lambda name: name in ("killpg", "getpgid",
                                                                                        "setsid"), name="nt"))
+        monkeypatch.setattr(job_module, "subprocess", _WindowsModule(subprocess, lambda name: False, Popen=popen))
         monkeypatch.setattr(job_module, "signal", _WindowsModule(
             signal, lambda name: name.startswith(("SIG", "CTRL_")) and name not in WINDOWS_SIGNALS))
 
@@ -107,6 +116,8 @@ def windows(tmp_path, monkeypatch):
         return [[arg.upper() for arg in json.loads(line)] for line in calls.read_text().splitlines()]
 
     yield types.SimpleNamespace(begin=begin, calls=taskkill_calls)
+    for process in started:  # reaped here, not by whoever waits for any child next (mutmut's runner does)
+        process.wait(timeout=30)
 
 
 def _stop_all(job):
