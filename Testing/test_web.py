@@ -4,7 +4,7 @@ The server is ``python -m dinseg.apps.cli web`` in a child process (trame-slicer
 the segmentation in its own child process, as users run it); the page is read and clicked as a
 user would. Nothing is mocked. The browser tests skip, with the reason, where trame-slicer,
 Playwright or a chromium executable is missing (``pip install -e ".[web]"``; Debian: ``apt-get
-install chromium``). Set DINSEG_WEB_SCREENSHOT=PATH to keep the page's picture with the segmentation.
+install chromium``). The page's picture in docs/web.md comes from ``test_web_reading.py``.
 """
 
 from __future__ import annotations
@@ -334,9 +334,6 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
             cli_latency = time.monotonic() - cli_started
             expected = _seg_nrrd_counts(reference)
             assert segmented == expected and sum(expected.values()) > 0
-            page.wait_for_timeout(1000)
-            if os.environ.get("DINSEG_WEB_SCREENSHOT"):
-                page.screenshot(path=os.environ["DINSEG_WEB_SCREENSHOT"])
 
             # correct: one paint stroke grows the active (first) segment, undo brings the counts back
             page.click("button:has(i.mdi-brush)")

@@ -4,17 +4,18 @@ One server and one browser for the whole module; the tests run in order on the s
 radiologist would: open a CT, window it, segment, look at it in four-up and 3D, compare original
 and enhanced, save, reopen the saved file and keep editing, open a cine frame's segmentation.
 Pixels are checked where pixels are the point: the segment colours in a screenshot and the field of
-view of the two side-by-side views.
+view of the two side-by-side views. Set DINSEG_WEB_SCREENSHOT=PATH to keep the four-up page's picture
+(docs/web.md shows it).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -192,6 +193,8 @@ def test_segment_shows_distinct_colours_a_legend_planes_and_surfaces(pages):
                                now["Green"]["slice-number"] != numbers["Green"] else None)(_annotations(page)),
                       20, "the other planes to follow the cursor")
     assert moved["Red"]["slice-number"] == numbers["Red"]
+    if os.environ.get("DINSEG_WEB_SCREENSHOT"):
+        page.screenshot(path=os.environ["DINSEG_WEB_SCREENSHOT"])
 
 
 def test_original_and_enhanced_views_show_the_same_field_of_view(pages):
