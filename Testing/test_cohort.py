@@ -214,6 +214,10 @@ def test_bad_input_is_one_line_before_any_work(kits, tmp_path, capsys, monkeypat
     _refused(capsys, ["cohort", str(kits / "cases"), "-o", str(kits / "cases" / "results")],
              "inside the input folder", kits / "cases" / "results")
     _refused(capsys, ["cohort", case, "-o", "/proc/dinseg_cohort"], "cannot write in", Path("/proc/dinseg_cohort"))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "cohort.csv").write_text(f"input\n{case}\n")
+    _refused(capsys, ["cohort", str(tmp_path / "b" / "cohort.csv"), "-o", str(tmp_path / "b")],
+             "lies where the table goes", tmp_path / "b" / "cohort.parquet")
     _refused(capsys, ["cohort", str(tmp_path / "absent.nii.gz"), "-o", str(tmp_path / "a")], "no such file",
              tmp_path / "a")
     _refused(capsys, ["cohort", case, "-o", str(tmp_path / "a"), "--part", "3/2"], "K/N", tmp_path / "a")

@@ -6,7 +6,10 @@ load; the sum of the per-case times is the reference), ``dinseg cohort``'s Local
 of 2 workers, and a real multi-process cluster on loopback (``dask scheduler`` and two
 ``dask worker`` processes started here). Overhead = wall time / (reference / workers) - 1: all
 that a cohort adds (cluster start, the workers' imports and model loads, scheduling, the table)
-against a perfect division of the in-process work over the workers.
+against a perfect division of the in-process work over the workers. On a machine others share, the
+cases themselves run slower when the load is higher: the load average (sampled as each case ends)
+and the overhead against the workers' own case times (what Dask and the table add, whatever the
+load) are printed beside it.
 """
 
 from __future__ import annotations
@@ -47,13 +50,15 @@ def in_process_row(cases: List[Path], folder: Path, variants: int) -> Dict[str, 
     folder.mkdir(parents=True)
     models = SegmenterCache(ONE_THREAD)
     started = time.perf_counter()
-    seconds = []
+    seconds, loads = [], []
     for name, case in zip(case_names(cases), cases):
         begun = time.perf_counter()
         segment_file(case, folder / f"{name}.seg.nrrd", ONE_THREAD, segmenters=models, quality_variants=variants)
         seconds.append(time.perf_counter() - begun)
+        loads.append(os.getloadavg()[0])
     return {"run": "in this process, one case after another (segment_file, one model load)", "workers": 1,
-            "cases": len(cases), "failed": 0, "wall_s": time.perf_counter() - started, "case_s": sum(seconds)}
+            "cases": len(cases), "failed": 0, "wall_s": time.perf_counter() - started, "case_s": sum(seconds),
+            "load": sum(loads) / len(loads)}
 
 
 def cohort_row(run: str, cases: List[Path], folder: Path, variants: int, workers: int,
@@ -61,13 +66,15 @@ def cohort_row(run: str, cases: List[Path], folder: Path, variants: int, workers
     """One ``dinseg cohort`` run: from the cluster's start (``started``, else now) to the table's last write."""
     plan = plan_cohort([str(case) for case in cases], folder, ONE_THREAD, quality_variants=variants)
     started = started or time.perf_counter()
+    loads = []
     with open_cluster(scheduler, workers, timeout_s=60) as client:
         ready = time.perf_counter() - started
-        counts = run_cohort(plan, client)
+        counts = run_cohort(plan, client, lambda row, counts: loads.append(os.getloadavg()[0]))
     wall = time.perf_counter() - started
     rows = read_rows(folder / "cohort.csv").values()
     return {"run": run, "workers": workers, "cases": counts.total, "failed": counts.by_status["failed"],
-            "wall_s": wall, "start_s": ready, "case_s": sum(float(row["seconds"] or 0) for row in rows)}
+            "wall_s": wall, "start_s": ready, "case_s": sum(float(row["seconds"] or 0) for row in rows),
+            "load": sum(loads) / len(loads)}
 
 
 @contextlib.contextmanager
@@ -137,14 +144,16 @@ def cohort_rows(data, count: int, variants: int, work: Optional[str] = None,
 def format_cohort_table(rows: List[Dict[str, object]], count: int, variants: int) -> str:
     reference = rows[0]["case_s"]
     header = ["run", "workers x threads", "cases (failed)", "wall (s)", "of which cluster start (s)",
-              "cases/min", "sum of case times (s)", "overhead vs in-process / workers"]
+              "cases/min", "sum of case times (s)", "load average", "overhead vs in-process / workers",
+              "overhead vs own case times / workers"]
     table = []
     for row in rows:
-        ideal = reference / row["workers"]
-        table.append([row["run"], f"{row['workers']} x 1", f"{row['cases']} ({row['failed']})",
+        workers = row["workers"]
+        table.append([row["run"], f"{workers} x 1", f"{row['cases']} ({row['failed']})",
                       f"{row['wall_s']:.1f}", f"{row['start_s']:.1f}" if "start_s" in row else "-",
-                      f"{60 * row['cases'] / row['wall_s']:.1f}", f"{row['case_s']:.1f}",
-                      f"{100 * (row['wall_s'] / ideal - 1):+.1f} %"])
+                      f"{60 * row['cases'] / row['wall_s']:.1f}", f"{row['case_s']:.1f}", f"{row['load']:.1f}",
+                      f"{100 * (row['wall_s'] / (reference / workers) - 1):+.1f} %",
+                      f"{100 * (row['wall_s'] / (row['case_s'] / workers) - 1):+.1f} %"])
     return (f"{count} ACDC cine frames (ED and ES of the first patients), acdc-light, .seg.nrrd outputs, quality "
             f"verdict with {variants} test-time variant(s), 1 PyTorch thread per process, {os.cpu_count()} CPU "
             f"core(s); reference: the in-process sum of case times, {reference:.1f} s\n\n"

@@ -258,7 +258,7 @@ def pair_function_rows(rows: Sequence[Dict[str, object]]) -> List[Dict[str, obje
         if not grids[0].matches(grids[1]):
             raise InputError("ED and ES lie on different grids")
         function = cardiac_function(frames, grids[0].spacing, infos)
-    except DinsegError as error:
+    except Exception as error:  # e.g. a DICOM SEG output, a model no longer installed: the cohort goes on
         return [{**row, "error": f"cardiac function: {one_line(error)}"} for row in rows]
     verdicts = [row.get("quality") for row in rows]
     return [{**row, **cardiac_row(function, "ED" if index == function.ed_frame else "ES", verdicts)}
@@ -372,8 +372,13 @@ def _check_output_folder(folder: Path, inputs: Sequence[str], cases: Sequence[Pa
     """Before any work: the output folder is not an input or inside one, holds no case, and is writable."""
     from ..core.io import check_output_path
 
-    refuse_overwriting_inputs([folder], [name for name in inputs if not is_list_file(resolve_input(name))])
+    lists = [resolve_input(name) for name in inputs if is_list_file(resolve_input(name))]
+    refuse_overwriting_inputs([folder], [name for name in inputs if resolve_input(name) not in lists])
     target = folder.resolve()
+    for listed in lists:
+        if listed.resolve().parent == target and listed.name.lower().startswith("cohort"):
+            raise InputError(f"{listed}: the list of cases lies where the table goes ({folder}/cohort*); "
+                             "move it or choose another output folder")
     for case in cases:
         if case.resolve().parent == target:
             raise InputError(f"{folder}: is the folder of the input {case}; choose an output folder of its own")
