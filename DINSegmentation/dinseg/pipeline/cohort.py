@@ -19,6 +19,7 @@ import hashlib
 import io
 import logging
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -452,6 +453,20 @@ def dask_missing() -> Optional[str]:
 
 
 @contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Processes started inside ignore SIGINT (they inherit it), so Ctrl-C reaches this process alone,
+    which then cancels the cases left and closes the cluster cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def open_cluster(scheduler: Optional[str] = None, workers: int = 1, timeout_s: float = 10.0) -> Iterator[object]:
     """A dask.distributed Client: of the scheduler at ``scheduler`` (InputError, before any work, when it
     cannot be reached in ``timeout_s``), or of a LocalCluster of ``workers`` processes, one case at a
@@ -475,7 +490,7 @@ def open_cluster(scheduler: Optional[str] = None, workers: int = 1, timeout_s: f
             client.close()
         return
     dashboard = ":0" if has_dashboard() else None
-    with dask.config.set(LOCAL_CLUSTER_CONFIG):
+    with dask.config.set(LOCAL_CLUSTER_CONFIG), _workers_ignore_ctrl_c():
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
                                dashboard_address=dashboard, silence_logs=logging.ERROR)
     client = Client(cluster)
