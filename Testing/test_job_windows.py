@@ -115,9 +115,12 @@ def windows(tmp_path, monkeypatch):
         time.sleep(0.3)  # the last call's own output, if it was let through, reaches the console
         return [[arg.upper() for arg in json.loads(line)] for line in calls.read_text().splitlines()]
 
-    yield types.SimpleNamespace(begin=begin, calls=taskkill_calls)
-    for process in started:  # reaped here, not by whoever waits for any child next (mutmut's runner does)
-        process.wait(timeout=30)
+    def wait():  # every taskkill started has ended (and so said what it had to say)
+        for process in started:
+            process.wait(timeout=30)
+
+    yield types.SimpleNamespace(begin=begin, calls=taskkill_calls, wait=wait)
+    wait()  # reaped here, not by whoever waits for any child next (mutmut's runner does)
 
 
 def _stop_all(job):
@@ -160,9 +163,11 @@ def test_kill_uses_taskkill_and_no_posix_signal(tmp_path, windows, capfd):
     assert "SUCCESS" not in captured.out + captured.err, captured
 
 
-def test_the_reaper_of_a_child_outliving_the_grace_period_stays_off_posix_calls(tmp_path, windows, monkeypatch):
+def test_the_reaper_of_a_child_outliving_the_grace_period_stays_off_posix_calls(tmp_path, windows, monkeypatch,
+                                                                                  capfd):
     """The first taskkill is slower than the grace period (0.3 s): the reaper says so, ends the tree again,
-    and removes the temporary folder (no killpg for leftovers: taskkill /T took the tree)."""
+    and removes the temporary folder (no killpg for leftovers: taskkill /T took the tree). The first one
+    then finds the process gone and says so on stderr, which must not reach the console."""
     messages = []
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
@@ -174,7 +179,10 @@ def test_the_reaper_of_a_child_outliving_the_grace_period_stays_off_posix_calls(
         job.cancel()
         assert job.ended(timeout=5), "the reaper did not finish"
         assert windows.calls(2) == [["/F", "/T", "/PID", str(job.process.pid)]] * 2
+        windows.wait()
     finally:
         logging.getLogger("dinseg").removeHandler(handler)
         _stop_all(job)
     assert messages == [f"segmentation process {job.process.pid} did not stop in 0.3 s: killed"]
+    captured = capfd.readouterr()
+    assert "SUCCESS" not in captured.out + captured.err and "ERROR" not in captured.out + captured.err, captured
