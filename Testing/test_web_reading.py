@@ -10,6 +10,7 @@ view of the two side-by-side views. Set DINSEG_WEB_SCREENSHOT=PATH to keep the f
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import shutil
@@ -26,8 +27,6 @@ from test_web import (CHROMIUM, ENV, TOKEN, _expect_message, _free_port, _page_c
                       _wait_for, needs_browser, open_section)
 
 from dinseg.core.colors import STRUCTURE_COLORS, hex_color
-
-pytestmark = needs_browser
 
 #: the smallest CIELAB distance (delta E 1976) between two cardiac segments as the page shows them
 CARDIAC_MIN_DELTA_E = 20.0
@@ -134,6 +133,62 @@ def _annotations(page) -> dict:
     return found
 
 
+needs_trame = pytest.mark.skipif(importlib.util.find_spec("trame_slicer") is None, reason="needs trame-slicer")
+
+
+@needs_trame
+def test_reading_errors_are_said_in_the_users_words():
+    from dinseg.apps.web.app import in_plain_words, stage_in_words
+
+    assert in_plain_words("ct.nii.gz: cannot read this image (Not a gzipped file (b'Th'))") == \
+        "ct.nii.gz: cannot read this image: the file is cut short or not a NIfTI file"
+    assert in_plain_words("ct.nii.gz: cannot read this image (Compressed file ended before the end-of-stream "
+                          "marker was reached)").endswith(": the file is cut short or not a NIfTI file")
+    assert in_plain_words("x.nrrd: is a 2D image; a 3D volume is needed") == "x.nrrd: is a 2D image; a 3D volume is needed"
+    assert stage_in_words("starting") == "reading the image, loading the model"
+    assert stage_in_words("inference 3/10") == "inference 3/10"
+
+
+@needs_trame
+def test_segments_read_from_a_file_take_dinsegs_codes_and_colours():
+    from dinseg.apps.web.app import display_infos
+    from dinseg.core.colors import PALETTE
+    from dinseg.core.terminology import GENERIC_STRUCTURE, KNOWN_STRUCTURES, LabelInfo
+
+    read = [LabelInfo(value=1, name="liver", color=(128, 128, 128), type=GENERIC_STRUCTURE),
+            LabelInfo(value=2, name="lesion", color=(128, 128, 128), type=GENERIC_STRUCTURE)]
+    liver, lesion = display_infos(read)
+    assert (liver.type, liver.color) == (KNOWN_STRUCTURES["liver"][0], STRUCTURE_COLORS["liver"])
+    assert (lesion.type, lesion.color, lesion.value) == (GENERIC_STRUCTURE, PALETTE[1], 2)
+
+
+@needs_trame
+def test_orientation_letters_and_slice_numbers_of_the_standard_planes():
+    import slicer
+
+    from dinseg.apps.web.display import orientation_letters, slice_number
+    from dinseg.core.geometry import Geometry
+    from dinseg.core.io import ImageVolume
+    from dinseg.slicer.convert import set_volume_voxels
+
+    scene = slicer.vtkMRMLScene()
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)   # as Slicer's application logic does
+    geometry = Geometry(size=(30, 20, 10), spacing=(1.0, 1.0, 2.0), origin=(5.0, -3.0, 7.0))
+    image = ImageVolume(array=np.zeros((10, 20, 30), np.int16), geometry=geometry)
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    set_volume_voxels(volume, image.array, image.geometry.index_to_ras())
+    expected = {"Axial": ("R", "L", "A", "P", 10), "Sagittal": ("A", "P", "S", "I", 30),
+                "Coronal": ("R", "L", "S", "I", 20)}
+    for orientation, (left, right, top, bottom, count) in expected.items():
+        node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+        assert node.SetOrientation(orientation)
+        node.JumpSliceByOffsetting(*(image.geometry.index_to_ras() @ np.array([14.0, 9.0, 4.0, 1.0]))[:3])
+        assert orientation_letters(node) == {"left": left, "right": right, "top": top, "bottom": bottom}
+        number, total = slice_number(node, volume)
+        assert total == count and number == {10: 5, 30: 15, 20: 10}[count], (orientation, number)
+
+
+@needs_browser
 def test_window_level_presets_and_left_drag(pages):
     page = pages["large"]
     page.click("#dinseg-load-sample")
@@ -157,6 +212,7 @@ def test_window_level_presets_and_left_drag(pages):
     _wait_for(lambda: page.inner_text("#dinseg-window-level") == "W 400 L 50", 20, "the abdomen window again")
 
 
+@needs_browser
 def test_segment_shows_distinct_colours_a_legend_planes_and_surfaces(pages):
     page = pages["large"]
     page.click("#dinseg-segment")
@@ -197,6 +253,7 @@ def test_segment_shows_distinct_colours_a_legend_planes_and_surfaces(pages):
         page.screenshot(path=os.environ["DINSEG_WEB_SCREENSHOT"])
 
 
+@needs_browser
 def test_original_and_enhanced_views_show_the_same_field_of_view(pages):
     page = pages["large"]
     open_section(page, "enhance")
@@ -216,6 +273,7 @@ def test_original_and_enhanced_views_show_the_same_field_of_view(pages):
     assert left > 2 and right < shape[1] - 3 and top > 2 and bottom < shape[0] - 3, "fitted to the whole image"
 
 
+@needs_browser
 @pytest.mark.parametrize("size", list(SIZES))
 def test_the_panel_fits_the_window_with_segment_results_and_save_in_sight(pages, size):
     page = pages[size]
@@ -228,6 +286,7 @@ def test_the_panel_fits_the_window_with_segment_results_and_save_in_sight(pages,
     assert page.evaluate("document.scrollingElement.scrollHeight") <= height
 
 
+@needs_browser
 def test_reopen_a_saved_segmentation_edit_and_save_it_again(pages, data_folder, tmp_path):
     page = pages["small"]
     segmented = _page_counts(page)
@@ -294,6 +353,7 @@ def test_reopen_a_saved_segmentation_edit_and_save_it_again(pages, data_folder, 
     assert _page_counts(page) == segmented
 
 
+@needs_browser
 def test_a_cine_frames_segments_have_distinct_colours_and_other_grids_are_refused(pages):
     page = pages["small"]
     open_section(page, "open")
@@ -327,6 +387,7 @@ def test_a_cine_frames_segments_have_distinct_colours_and_other_grids_are_refuse
     assert min(distances.values()) >= CARDIAC_MIN_DELTA_E, (distances, seen)
 
 
+@needs_browser
 def test_small_items_in_the_users_words(pages, data_folder):
     page = pages["small"]
     open_section(page, "open")

@@ -92,7 +92,7 @@ window.dinsegUpload = async function (file, triggers) {
 """ % (UPLOAD_CHUNK_BYTES, UPLOAD_CHUNK_BYTES)
 
 
-def card_tooltip(card) -> str:
+def card_summary(card) -> str:
     """What a user should know before choosing a model: classes, modality, training data, measured metrics."""
     classes = ", ".join(label.name for label in card.labels)
     training = card.training.get("data", "training data not recorded")
@@ -380,7 +380,7 @@ class DinsegWebApp:
     @change("model")
     def _on_model(self, model, **_):
         card = self.cards.get(model)
-        self.state.model_summary = card_tooltip(card) if card else ""
+        self.state.model_summary = card_summary(card) if card else ""
 
     @change("frame")
     def _on_frame(self, frame, **_):
@@ -493,8 +493,10 @@ class DinsegWebApp:
             return
         if name == "auto":
             auto_window_level(self.volume)
-        else:
+        elif name in CT_PRESETS:
             set_window_level(self.volume, *CT_PRESETS[name])
+        else:
+            self._say(f"no window called {name!r}; there are {', '.join(CT_PRESETS)} and auto", "error")
 
     def _set_pointer_mode(self) -> None:
         """Left-drag in a slice view sets window/level (no effect active, no clicks being placed)."""
