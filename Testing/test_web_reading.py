@@ -188,6 +188,40 @@ def test_orientation_letters_and_slice_numbers_of_the_standard_planes():
         assert total == count and number == {10: 5, 30: 15, 20: 10}[count], (orientation, number)
 
 
+@needs_trame
+def test_a_dicom_seg_opens_onto_its_own_series_only(tmp_path):
+    import SimpleITK as sitk
+
+    from dinseg.apps.bench import write_dicom_series
+    from dinseg.apps.web.dicom_seg import is_dicom_seg, read_dicom_seg
+    from dinseg.core.errors import InputError
+    from dinseg.core.io import read_volume
+    from dinseg.core.terminology import label_infos_for
+    from dinseg.reports.dicomseg import write_dicom_seg
+
+    pytest.importorskip("highdicom")
+    ct = sitk.ReadImage(str(SAMPLE_CT))
+    write_dicom_series(ct[40:72, 40:72, 80:84], tmp_path / "series")
+    write_dicom_series(ct[40:72, 40:72, 84:88], tmp_path / "other")
+    series, other = read_volume(tmp_path / "series"), read_volume(tmp_path / "other")
+    labels = np.zeros(series.array.shape, np.uint8)
+    labels[1:3, 4:20, 5:25] = 5
+    labels[2, 22:30, 10:14] = 7
+    infos = label_infos_for(["aorta", "gallbladder", "left kidney", "right kidney", "liver", "pancreas", "spleen"])
+    write_dicom_seg(tmp_path / "seg.dcm", labels, series, infos, "test", "1")
+    assert is_dicom_seg(tmp_path / "seg.dcm") and not is_dicom_seg(tmp_path / "series")
+    assert not is_dicom_seg(sorted((tmp_path / "series").iterdir())[0])
+    read, segments = read_dicom_seg(tmp_path / "seg.dcm", series, "seg.dcm")
+    names = {info.value: info.name for info in segments}
+    assert {names[value]: int((read == value).sum()) for value in names} == {"liver": int((labels == 5).sum()),
+                                                                             "spleen": int((labels == 7).sum())}
+    for image, message in ((other, "seg.dcm: was made on another series than the image shown"),
+                           (read_volume(SAMPLE_CT), "seg.dcm: a DICOM SEG opens onto the DICOM series it was made on")):
+        with pytest.raises(InputError) as refused:
+            read_dicom_seg(tmp_path / "seg.dcm", image, "seg.dcm")
+        assert str(refused.value).startswith(message)
+
+
 @needs_browser
 def test_window_level_presets_and_left_drag(pages):
     page = pages["large"]

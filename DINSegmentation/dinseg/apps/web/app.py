@@ -5,7 +5,8 @@ that opens the page. The engine does the work: :mod:`dinseg.core.io` reads and c
 :class:`dinseg.slicer.logic.DINSegmentationMRMLLogic` previews the enhancement and, through
 :class:`dinseg.slicer.logic.SegmentationJob` (the child-process :class:`dinseg.pipeline.job.SegmentationProcess`),
 segments and imports the labels; trame-slicer's Segment Editor effects edit the result. A saved
-segmentation (``.seg.nrrd`` or labelmap) can be opened onto the image it was made on and edited again.
+segmentation (``.seg.nrrd``, labelmap or DICOM SEG) can be opened onto the image it was made on and
+edited again.
 The views (one plane, four-up with 3D, original | enhanced) carry orientation letters, slice numbers
 and window/level (:mod:`.display`); segments take the display colours of :mod:`dinseg.core.colors`.
 """
@@ -48,6 +49,7 @@ from ...pipeline.worker import Worker
 from ...core.colors import hex_color, structure_color
 from ...core.terminology import KNOWN_STRUCTURES, LabelInfo, segment_id
 from ...core.samples import SAMPLES
+from .dicom_seg import is_dicom_seg, read_dicom_seg
 from .display import CT_PRESETS, auto_window_level, orientation_letters, set_window_level, slice_number, window_level_text
 from .files import DataFolder, UploadArea
 from .scene import add_image
@@ -250,7 +252,7 @@ class DinsegWebApp:
         path = self._chosen_data_file()
         if path is None:
             return
-        if path.name.lower().endswith(".seg.nrrd"):
+        if path.name.lower().endswith(".seg.nrrd") or is_dicom_seg(path):
             self._open_segmentation(path, self.state.data_path)
         else:
             self._open(path, self.state.data_path, from_data_folder=True)
@@ -287,7 +289,7 @@ class DinsegWebApp:
         except InputError as error:
             self._refuse_upload(error)
             return
-        if path.name.lower().endswith(".seg.nrrd"):
+        if path.name.lower().endswith(".seg.nrrd") or is_dicom_seg(path):
             opened = self._open_segmentation(path, path.name)
         else:
             opened = self._open(path, path.name if path.is_file() else f"{path.name} (DICOM series)",
@@ -339,10 +341,12 @@ class DinsegWebApp:
         return True
 
     def _open_segmentation(self, path: Path, label: str) -> bool:
-        """Put a ``.seg.nrrd`` or labelmap made on the shown image into the scene, ready to edit and save.
+        """Put a ``.seg.nrrd``, labelmap or DICOM SEG made on the shown image into the scene, ready to
+        edit and save.
 
-        The file must lie on the image's grid (same voxels, spacing, origin and directions); a
-        labelmap's values mean the chosen model's structures.
+        The file must lie on the image's grid (same voxels, spacing, origin and directions; a DICOM
+        SEG must reference the shown series' images); a labelmap's values mean the chosen model's
+        structures.
         """
         from ...reports.segfile import read_labels
 
@@ -354,7 +358,11 @@ class DinsegWebApp:
             return False
         card = self.cards.get(self.state.model)
         try:
-            labels, geometry, _frames, infos = read_labels(path, card.labels if card else [])
+            if is_dicom_seg(path):
+                labels, infos = read_dicom_seg(path, self.image, label)
+                geometry = self.image.geometry   # the SEG references the series' own images
+            else:
+                labels, geometry, _frames, infos = read_labels(path, card.labels if card else [])
         except DinsegError as error:
             self._say(in_plain_words(str(error).replace(str(path), label)), "error")
             return False
@@ -888,7 +896,7 @@ class DinsegWebApp:
                     v3.VBtn("Open", click=self.open_data_file, id="dinseg-open-data", size="small")
                     v3.VBtn("Open as segmentation", click=self.open_data_segmentation, id="dinseg-open-segmentation",
                             size="small", disabled=("!volume_loaded",),
-                            title="a .seg.nrrd or labelmap made on the image shown: edit it and save it again")
+                            title="a .seg.nrrd, labelmap or DICOM SEG made on the image shown: edit it and save it again")
                     v3.VBtn("Bundled CT", click=self.load_sample, id="dinseg-load-sample", size="small",
                             variant="tonal")
                 html.Div("{{ shared_session_note }}", classes="text-caption text-medium-emphasis mt-1")
