@@ -12,7 +12,7 @@ from dinseg.core.io import read_volume
 from dinseg.models import load_card
 from dinseg.training.synth import write_acdc_phantom
 from dinseg.training.train import DINTrainingLogic, TrainConfig
-from dinseg.training.variant_study import acdc_cases, main, study, summary
+from dinseg.training.variant_study import acdc_cases, drop_open_cavities, main, study, summary
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +67,19 @@ def test_summary_reads_ejection_fraction_errors_from_counts(tmp_path, capsys):
     path.write_text(json.dumps(rows))
     assert main(["--summary", str(path)]) == 0
     assert "| v | 0.833 | 0.833 | 0.833 |" in capsys.readouterr().out
+
+
+def test_a_cavity_without_a_wall_is_dropped_and_one_inside_its_wall_kept():
+    labels = np.zeros((3, 32, 32), np.uint8)
+    for z in range(3):
+        labels[z, 8:24, 8:24] = 2          # a wall
+        labels[z, 11:21, 11:21] = 3        # the cavity inside it
+    labels[0, 8:24, 8:18] = 0              # slice 0: more than half the wall gone
+    labels[0, 11:21, 11:21] = 3
+    labels[2, :, :] = 0
+    labels[2, 11:21, 11:21] = 3            # slice 2: no wall at all
+    cleaned = drop_open_cavities(labels)
+    assert (cleaned[1] == labels[1]).all()                       # enclosed: kept
+    assert not (cleaned[2] == 3).any()                           # no wall: dropped
+    assert not (cleaned[0] == 3).any() and (cleaned[0] == 2).sum() == (labels[0] == 2).sum()
+    assert (drop_open_cavities(labels, threshold=0.2)[0] == 3).any()   # half a wall passes a lower bar

@@ -26,8 +26,26 @@ import numpy as np
 
 #: test-time augmentation sets: indices into the passes (0-3 quarter turns, 4-7 the same mirrored)
 TTA = {"r1": [0], "r2": [0, 2], "r4": [0, 1, 2, 3], "r2+flip": [0, 2, 4, 6], "r4+flip": list(range(8))}
-CLEAN = {"none": (False, False), "lc": (True, False), "lc+fill": (True, True)}
+CLEAN = {"none": (False, False), "lc": (True, False), "lc+fill": (True, True), "lc+enclosed": (True, False)}
 LV, RV, MYO = 3, 1, 2
+
+
+def drop_open_cavities(labels: np.ndarray, threshold: float = 0.5, band: int = 2) -> np.ndarray:
+    """A candidate clean-up (issue 34), not the engine's: drop the LV cavity from every slice where the
+    predicted myocardium covers less than ``threshold`` of a ``band``-pixel ring around it, a cavity
+    without a wall (atrium or outflow tract above the base). 0.5 is chosen a priori (half the
+    circumference, as basal slices are commonly chosen), not fitted. (z, y, x) -> a copy."""
+    from scipy import ndimage
+
+    cleaned = labels.copy()
+    for z in range(labels.shape[0]):
+        cavity = labels[z] == LV
+        if not cavity.any():
+            continue
+        ring = ndimage.binary_dilation(cavity, iterations=band) & ~cavity
+        if ring.any() and float((labels[z][ring] == MYO).mean()) < threshold:
+            cleaned[z][cavity] = 0
+    return cleaned
 
 
 def acdc_cases(root, split_file, split: str = "val") -> Iterator[Tuple[str, str, str, Path, Path]]:
@@ -127,14 +145,18 @@ def study(card, cases, weights: Dict[str, Sequence[float]], flips: bool = True,
         row = {"patient": patient, "phase": phase, "group": group,
                "voxel_ml": float(np.prod(volume.geometry.spacing)) / 1000,
                "truth": {str(k): int((truth == k).sum()) for k in (RV, MYO, LV)},
-               "truth_lv_slices": [int(x) for x in (truth == LV).sum((1, 2))], "variants": {}}
+               "truth_lv_slices": [int(x) for x in (truth == LV).sum((1, 2))],
+               "truth_myo_slices": [int(x) for x in (truth == MYO).sum((1, 2))], "variants": {}}
         for tta_name, passes in tta.items():
             for weight_name, factors in weights.items():
                 raw = variant_labels(segmenter, record, reorientation, passes, factors)
                 for clean_name, (largest, fill) in clean.items():
-                    labels = clean_labels(raw, largest, fill) if (largest or fill) else raw
+                    labels = drop_open_cavities(raw) if clean_name == "lc+enclosed" else raw
+                    labels = clean_labels(labels, largest, fill) if (largest or fill) else labels
                     entry = score(labels, truth)
                     entry["lv_slices"] = [int(x) for x in (labels == LV).sum((1, 2))]
+                    # where the model's LV lies in the expert's labels (0 background, 1 RV, 2 myocardium)
+                    entry["lv_from"] = {str(k): int(((labels == LV) & (truth == k)).sum()) for k in (0, RV, MYO)}
                     row["variants"][f"{tta_name}|{weight_name}|{clean_name}"] = entry
         rows.append(row)
         print(f"{patient} {phase}: {time.time() - started:.1f} s", flush=True)
