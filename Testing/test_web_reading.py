@@ -55,6 +55,23 @@ def _write_cine_frame(folder):
     write_segmentation(folder / "frame.seg.nrrd", labels, geometry, infos)
 
 
+def _write_dicom_series_and_seg(folder):
+    """Four 32 x 32 slices of the CT as a DICOM series, and a DICOM SEG of it with the liver and spleen."""
+    import SimpleITK as sitk
+
+    from dinseg.apps.bench import write_dicom_series
+    from dinseg.core.io import read_volume
+    from dinseg.core.terminology import SYNAPSE_ORGANS, label_infos_for
+    from dinseg.reports.dicomseg import write_dicom_seg
+
+    write_dicom_series(sitk.ReadImage(str(SAMPLE_CT))[40:72, 40:72, 80:84], folder / "series")
+    series = read_volume(folder / "series")
+    labels = np.zeros(series.array.shape, np.uint8)
+    labels[1:3, 4:20, 5:25] = SYNAPSE_ORGANS.index("liver") + 1
+    labels[2, 22:30, 10:14] = SYNAPSE_ORGANS.index("spleen") + 1
+    write_dicom_seg(folder / "seg.dcm", labels, series, label_infos_for(SYNAPSE_ORGANS), "test", "1")
+
+
 @pytest.fixture(scope="module")
 def data_folder(tmp_path_factory):
     data = tmp_path_factory.mktemp("reading") / "data"
@@ -63,6 +80,7 @@ def data_folder(tmp_path_factory):
     shutil.copy(SAMPLE_CT, data / "cases" / "ct.nii.gz")
     (data / "corrupt.nii.gz").write_bytes(b"this is not an image" * 100)
     _write_cine_frame(data / "heart")
+    _write_dicom_series_and_seg(data / "dicom")
     return data
 
 
@@ -111,6 +129,7 @@ def _choose_layout(page, name: str) -> None:
 
 def _type_path(page, path: str) -> None:
     """Type a data-folder path (the list that drops down while typing is closed again)."""
+    open_section(page, "open")
     page.fill("#dinseg-data-path", path)
     page.keyboard.press("Escape")
     page.wait_for_timeout(200)
@@ -419,6 +438,19 @@ def test_a_cine_frames_segments_have_distinct_colours_and_other_grids_are_refuse
     names = list(lab)
     distances = {(a, b): float(np.linalg.norm(lab[a] - lab[b])) for i, a in enumerate(names) for b in names[i + 1:]}
     assert min(distances.values()) >= CARDIAC_MIN_DELTA_E, (distances, seen)
+
+    # a DICOM SEG opens onto its own series (typed like an image, it is not opened as one)
+    _type_path(page, "dicom/seg.dcm")
+    page.click("#dinseg-open-data")
+    _expect_message(page, "dicom/seg.dcm: a DICOM SEG opens onto the DICOM series it was made on")
+    _type_path(page, "dicom/series")
+    page.click("#dinseg-open-data")
+    _expect_message(page, "opened dicom/series")
+    open_section(page, "open")
+    _type_path(page, "dicom/seg.dcm")
+    page.click("#dinseg-open-data")
+    _expect_message(page, "opened dicom/seg.dcm onto dicom/series: 2 structures")
+    assert set(_page_counts(page)) == {"liver", "spleen"}
 
 
 @needs_browser
