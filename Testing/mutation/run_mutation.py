@@ -83,7 +83,8 @@ MODULES = [
            functions=("dinseg.reports.dicomseg.*",),
            # the direct tests; the dcmqi and dciodvfy checks of test_dicom_seg.py segment first (slow per mutant)
            tests=("Testing/test_dicom_seg.py", "Testing/test_slicer_dicom_seg.py", "-k",
-                  "present_structures or cannot_hold or ordered_by or refused_before or own_slice or two_frame"),
+                  "present_structures or cannot_hold or ordered_by or refused_before or own_slice or two_frame "
+                  "or without_highdicom"),
            budget_s=420),
     Module("job", ("pipeline/job.py",),   # a colleague edits job.py: only its copy is mutated
            functions=tuple(f"dinseg.pipeline.job.xǁSegmentationProcessǁ{name}" for name in (
