@@ -149,7 +149,8 @@ def test_outputs_are_named_by_stem_then_by_folder():
 
 def test_a_killed_worker_loses_nothing_and_ed_es_pairs_get_their_function(tmp_path):
     """Two patient folders (ED/ES pairs) on two workers; the worker still busy when the first case
-    finishes is killed: its case runs again elsewhere and every case is ok once. Then Ctrl-C."""
+    finishes is killed: its case runs again elsewhere and every case is ok once. Then Ctrl-C, and a
+    case whose task raises twice."""
     for patient, frame in FRAMES:
         (tmp_path / f"p{patient}").mkdir(exist_ok=True)
         shutil.copy(frame_path(patient, frame), tmp_path / f"p{patient}")
@@ -187,6 +188,25 @@ def test_a_killed_worker_loses_nothing_and_ed_es_pairs_get_their_function(tmp_pa
                                    quality_variants=0)
         with pytest.raises(KeyboardInterrupt):
             cohort.run_cohort(again, client, interrupt)
+
+        # a case whose task raises (not a DinsegError) is tried twice, then failed; the cohort goes on
+        attempts = tmp_path / "attempts.txt"
+
+        def break_segment_file():
+            import importlib
+
+            def broken(*args, **kwargs):
+                with open(attempts, "a") as stream:
+                    stream.write("tried\n")
+                raise RuntimeError("a bug\nover two lines")
+
+            setattr(importlib.import_module("dinseg.pipeline.files"), "segment_file", broken)
+
+        client.run(break_segment_file)
+        plan = cohort.plan_cohort([str(tmp_path / "p41" / "patient041_frame01.nii.gz")], tmp_path / "broken", options)
+        assert cohort.run_cohort(plan, client).by_status["failed"] == 1
+        assert attempts.read_text() == "tried\ntried\n"
+        assert table(tmp_path / "broken" / "cohort.csv")[0]["error"] == "RuntimeError: a bug over two lines"
     kept = table(tmp_path / "stopped" / "cohort.csv")
     assert len(kept) == 1 and kept[0]["status"] == "ok"
     import pyarrow.parquet as pq

@@ -31,9 +31,6 @@ from ..pipeline.files import SegmenterCache, case_names, segment_file
 from ..pipeline.options import SegmentOptions
 from ..training.evaluate import markdown_table
 
-ONE_THREAD = SegmentOptions(threads=1)
-
-
 def acdc_frames(data, count: int) -> List[Path]:
     """The first ``count`` ACDC ED and ES frames (patient001 frame01, patient001 frame12, ...)."""
     frames = sorted(Path(data, "acdc", "training").glob("patient*/patient*_frame??.nii.gz"))
@@ -42,18 +39,18 @@ def acdc_frames(data, count: int) -> List[Path]:
     return frames[:count]
 
 
-def in_process_row(cases: List[Path], folder: Path, variants: int) -> Dict[str, object]:
+def in_process_row(cases: List[Path], folder: Path, variants: int, options: SegmentOptions) -> Dict[str, object]:
     """The cases one after another here, as ``dinseg segment``'s batch runs them (one model load)."""
     import torch
 
     torch.set_num_threads(1)
     folder.mkdir(parents=True)
-    models = SegmenterCache(ONE_THREAD)
+    models = SegmenterCache(options)
     started = time.perf_counter()
     seconds, loads = [], []
     for name, case in zip(case_names(cases), cases):
         begun = time.perf_counter()
-        segment_file(case, folder / f"{name}.seg.nrrd", ONE_THREAD, segmenters=models, quality_variants=variants)
+        segment_file(case, folder / f"{name}.seg.nrrd", options, segmenters=models, quality_variants=variants)
         seconds.append(time.perf_counter() - begun)
         loads.append(os.getloadavg()[0])
     return {"run": "in this process, one case after another (segment_file, one model load)", "workers": 1,
@@ -61,10 +58,10 @@ def in_process_row(cases: List[Path], folder: Path, variants: int) -> Dict[str, 
             "load": sum(loads) / len(loads)}
 
 
-def cohort_row(run: str, cases: List[Path], folder: Path, variants: int, workers: int,
+def cohort_row(run: str, cases: List[Path], folder: Path, variants: int, options: SegmentOptions, workers: int,
                scheduler: Optional[str] = None, started: Optional[float] = None) -> Dict[str, object]:
     """One ``dinseg cohort`` run: from the cluster's start (``started``, else now) to the table's last write."""
-    plan = plan_cohort([str(case) for case in cases], folder, ONE_THREAD, quality_variants=variants)
+    plan = plan_cohort([str(case) for case in cases], folder, options, quality_variants=variants)
     started = started or time.perf_counter()
     loads = []
     with open_cluster(scheduler, workers, timeout_s=60) as client:
@@ -117,31 +114,32 @@ def loopback_cluster(workers: int, timeout_s: float = 120.0) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def cohort_rows(data, count: int, variants: int, work: Optional[str] = None,
+def cohort_rows(data, count: int, variants: int, device: str = "cpu", work: Optional[str] = None,
                 progress: Callable[[str], None] = lambda line: None) -> List[Dict[str, object]]:
-    """The four runs' rows (see the module's docstring), each into a fresh folder of ``work``."""
+    """The four runs' rows (see the module's docstring) on ``device``, each into a fresh folder of ``work``."""
+    options = SegmentOptions(device=device, threads=1)
     cases = acdc_frames(data, count)
     root = Path(work) if work else Path(tempfile.mkdtemp(prefix="dinseg-bench-cohort-"))
     root.mkdir(exist_ok=True)
     folders = [root / f"run-{number}-{time.strftime('%H%M%S')}" for number in range(4)]
     try:
         progress(f"{count} cases, in this process")
-        rows = [in_process_row(cases, folders[0], variants)]
+        rows = [in_process_row(cases, folders[0], variants, options)]
         for number, workers in ((1, 1), (2, 2)):
             progress(f"LocalCluster, {workers} worker(s)")
-            rows.append(cohort_row("dinseg cohort, LocalCluster", cases, folders[number], variants, workers))
+            rows.append(cohort_row("dinseg cohort, LocalCluster", cases, folders[number], variants, options, workers))
         progress("loopback dask scheduler + 2 dask worker processes")
         started = time.perf_counter()
         with loopback_cluster(2) as address:
             rows.append(cohort_row("dinseg cohort --scheduler: dask scheduler + 2 dask worker on loopback", cases,
-                                   folders[3], variants, 2, scheduler=address, started=started))
+                                   folders[3], variants, options, 2, scheduler=address, started=started))
     finally:
         if not work:
             shutil.rmtree(root, ignore_errors=True)
     return rows
 
 
-def format_cohort_table(rows: List[Dict[str, object]], count: int, variants: int) -> str:
+def format_cohort_table(rows: List[Dict[str, object]], count: int, variants: int, device: str = "cpu") -> str:
     reference = rows[0]["case_s"]
     header = ["run", "workers x threads", "cases (failed)", "wall (s)", "of which cluster start (s)",
               "cases/min", "sum of case times (s)", "load average", "overhead vs in-process / workers",
@@ -155,6 +153,6 @@ def format_cohort_table(rows: List[Dict[str, object]], count: int, variants: int
                       f"{100 * (row['wall_s'] / (reference / workers) - 1):+.1f} %",
                       f"{100 * (row['wall_s'] / (row['case_s'] / workers) - 1):+.1f} %"])
     return (f"{count} ACDC cine frames (ED and ES of the first patients), acdc-light, .seg.nrrd outputs, quality "
-            f"verdict with {variants} test-time variant(s), 1 PyTorch thread per process, {os.cpu_count()} CPU "
-            f"core(s); reference: the in-process sum of case times, {reference:.1f} s\n\n"
+            f"verdict with {variants} test-time variant(s), device {device}, 1 PyTorch thread per process, "
+            f"{os.cpu_count()} CPU core(s); reference: the in-process sum of case times, {reference:.1f} s\n\n"
             + markdown_table(header, table))

@@ -104,9 +104,9 @@ def run_cohort_command(args) -> int:
 def run_bench_cohort(args) -> int:
     from ..bench_cohort import cohort_rows, format_cohort_table
 
-    rows = cohort_rows(args.data, args.cases, args.quality_variants, args.work,
+    rows = cohort_rows(args.data, args.cases, args.quality_variants, args.device, args.work,
                        progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_cohort_table(rows, args.cases, args.quality_variants))
+    print(format_cohort_table(rows, args.cases, args.quality_variants, args.device))
     return 0
 
 
@@ -156,5 +156,6 @@ def add_parsers(commands) -> None:
     bench.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
     bench.add_argument("--cases", type=int, default=40, help="ACDC ED and ES frames (default: %(default)s)")
     bench.add_argument("--quality-variants", type=int, default=1, help="as for cohort (default: %(default)s)")
+    bench.add_argument("--device", default="cpu", help="cpu, or cuda to time the same on a GPU (default: %(default)s)")
     bench.add_argument("--work", metavar="DIR", help="folder for the outputs (default: a temporary one)")
     bench.set_defaults(handler=run_bench_cohort)
