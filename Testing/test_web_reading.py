@@ -163,7 +163,8 @@ def test_reading_errors_are_said_in_the_users_words():
         "ct.nii.gz: cannot read this image: the file is cut short or not a NIfTI file"
     assert in_plain_words("ct.nii.gz: cannot read this image (Compressed file ended before the end-of-stream "
                           "marker was reached)").endswith(": the file is cut short or not a NIfTI file")
-    assert in_plain_words("x.nrrd: is a 2D image; a 3D volume is needed") == "x.nrrd: is a 2D image; a 3D volume is needed"
+    unchanged = "x.nrrd: is a 2D image; a 3D volume is needed"
+    assert in_plain_words(unchanged) == unchanged
     assert stage_in_words("starting") == "reading the image, loading the model"
     assert stage_in_words("inference 3/10") == "inference 3/10"
 

@@ -50,7 +50,8 @@ from ...core.colors import hex_color, structure_color
 from ...core.terminology import KNOWN_STRUCTURES, LabelInfo, segment_id
 from ...core.samples import SAMPLES
 from .dicom_seg import is_dicom_seg, read_dicom_seg
-from .display import CT_PRESETS, auto_window_level, orientation_letters, set_window_level, slice_number, window_level_text
+from .display import (CT_PRESETS, auto_window_level, orientation_letters, set_window_level, slice_number,
+                      window_level_text)
 from .files import DataFolder, UploadArea
 from .scene import add_image
 
@@ -368,9 +369,9 @@ class DinsegWebApp:
             return False
         shape = self.image.array.shape
         if labels.shape != shape or not geometry.matches(self.image.geometry, tolerance=1e-3):
-            self._say(f"{label}: lies on another grid than {self.state.volume_name} ({' x '.join(map(str, labels.shape[::-1]))} "
-                      f"vs {' x '.join(map(str, shape[::-1]))} voxels, or another position); open the image it was "
-                      "made on", "error")
+            sizes = [" x ".join(map(str, array_shape[::-1])) for array_shape in (labels.shape, shape)]
+            self._say(f"{label}: lies on another grid than {self.state.volume_name} ({sizes[0]} vs {sizes[1]} voxels, "
+                      "or another position); open the image it was made on", "error")
             return False
         self._cancel_job()
         self._end_clicks()
@@ -896,7 +897,7 @@ class DinsegWebApp:
                     v3.VBtn("Open", click=self.open_data_file, id="dinseg-open-data", size="small")
                     v3.VBtn("Open as segmentation", click=self.open_data_segmentation, id="dinseg-open-segmentation",
                             size="small", disabled=("!volume_loaded",),
-                            title="a .seg.nrrd, labelmap or DICOM SEG made on the image shown: edit it and save it again")
+                            title="a .seg.nrrd, labelmap or DICOM SEG made on the image shown: edit it, save it again")
                     v3.VBtn("Bundled CT", click=self.load_sample, id="dinseg-load-sample", size="small",
                             variant="tonal")
                 html.Div("{{ shared_session_note }}", classes="text-caption text-medium-emphasis mt-1")
