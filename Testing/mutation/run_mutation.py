@@ -68,7 +68,9 @@ MODULES = [
            tests=("Testing/test_input_readers.py",),
            budget_s=600),
     Module("models", ("models/card.py", "models/registry.py"),
+           # read_card_file and load_checked_weights: where load_card and load_weights do their work (6e8e5e8)
            functions=("dinseg.models.card.x_load_weights", "dinseg.models.card.x_load_card",
+                      "dinseg.models.card.x_read_card_file", "dinseg.models.card.x_load_checked_weights",
                       "dinseg.models.card.x_sha256_of", "dinseg.models.card.x_save_weights",
                       "dinseg.models.card.xǁWeightsInfoǁ__post_init__", "dinseg.models.card.xǁModelCardǁfrom_dict",
                       "dinseg.models.registry.x_import_models", "dinseg.models.registry.x__safe_members",
