@@ -225,6 +225,17 @@ def test_ablation_trains_every_variant_from_one_config_and_tabulates(phantom, tm
         run_ablation(without_validation)
 
 
+def test_ablation_command_takes_the_image_and_consistency_variants_and_refuses_others(tmp_path, capsys):
+    from dinseg.apps.cli import build_parser
+
+    parsed = build_parser().parse_args(["ablation", "c.yaml", "--variants", "image", "difm+consistency"])
+    assert parsed.variants == ["image", "difm+consistency"]
+    assert main(["ablation", "c.yaml", "--variants", "difm+foo", "--output", str(tmp_path / "a")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "unknown variant 'difm+foo'" in error and "\n" not in error
+    assert not (tmp_path / "a").exists()
+
+
 def test_an_interrupted_ablation_resumes_and_reuses_finished_runs(phantom, tmp_path, caplog):
     from dinseg.training.ablation import AblationPlan, run_ablation
 

@@ -271,14 +271,16 @@ def add_parsers(commands) -> None:
     synth.add_argument("--first-id", type=int, default=1, help="first patient number")
     synth.set_defaults(handler=run_synth)
 
-    ablation = commands.add_parser("ablation", help="single vs concat vs difm, trained and scored alike",
-                                   description="Train the single, concat and difm variants from one training "
+    ablation = commands.add_parser("ablation", help="single vs concat vs difm vs image, trained and scored alike",
+                                   description="Train the fusion variants from one training "
                                                "configuration (data, split, preprocessing, preset) with the same "
                                                "budget and seeds; score each on its validation patients; print a "
                                                "table (also ablation.md and ablation.csv in --output).")
     ablation.add_argument("config", metavar="CONFIG", help="training configuration, e.g. configs/acdc-light.yaml")
     ablation.add_argument("--output", help="work folder (default: runs/ablation)")
-    ablation.add_argument("--variants", nargs="+", choices=("single", "concat", "difm"))
+    ablation.add_argument("--variants", nargs="+", metavar="VARIANT",
+                          help="single, concat, difm or image, each optionally with +consistency (ConDSeg's "
+                               "consistency reinforcement), e.g. difm+consistency (default: single concat difm)")
     ablation.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: 0 1)")
     ablation.add_argument("--epochs", type=int, help="epochs per run (default: the configuration's)")
     ablation.add_argument("--iterations-per-epoch", type=int, help="(default: the configuration's)")
