@@ -489,10 +489,9 @@ def open_cluster(scheduler: Optional[str] = None, workers: int = 1, timeout_s: f
         finally:
             client.close()
         return
-    dashboard = ":0" if has_dashboard() else None
-    with dask.config.set(LOCAL_CLUSTER_CONFIG), _workers_ignore_ctrl_c():
+    with dask.config.set(LOCAL_CLUSTER_CONFIG), _workers_ignore_ctrl_c():  # its web server on a free port
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
-                               dashboard_address=dashboard, silence_logs=logging.ERROR)
+                               dashboard_address=":0", silence_logs=logging.ERROR)
     client = Client(cluster)
     try:
         yield client
