@@ -100,7 +100,7 @@ def test_seg_nrrd_has_named_coloured_coded_segments(random_ct_model, ct_crop, tm
     liver = segmentation["segments"][4]
     assert liver["labelValue"] == 5
     assert liver["terminology"]["type"] == ["SCT", "10200004", "Liver"]
-    assert np.allclose(liver["color"], [221 / 255, 130 / 255, 101 / 255], atol=1e-5)
+    assert np.allclose(liver["color"], [213 / 255, 94 / 255, 0], atol=1e-5)  # Okabe-Ito vermillion (core/colors.py)
     left_kidney = segmentation["segments"][2]["terminology"]
     assert left_kidney["type"][1] == "64033007" and left_kidney["typeModifier"][1] == "7771000"
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
