@@ -260,6 +260,16 @@ def _page_counts(page) -> dict:
             for row in page.query_selector_all("#dinseg-structures tr[data-structure]")}
 
 
+def _drag(page, x: float, y: float, step_x: float, step_y: float, steps: int = 10) -> None:
+    """A left-button drag from (x, y) in ``steps`` moves of (step_x, step_y) page pixels."""
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for step in range(1, steps + 1):
+        page.mouse.move(x + step_x * step, y + step_y * step)
+        page.wait_for_timeout(30)
+    page.mouse.up()
+
+
 def _wait_for(condition, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -341,12 +351,7 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
             views = page.query_selector_all("main img.image-display-area")
             box = views[0].bounding_box()
             x, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.3
-            page.mouse.move(x, y)
-            page.mouse.down()
-            for step in range(1, 11):
-                page.mouse.move(x + 8 * step, y + 3 * step)
-                page.wait_for_timeout(30)
-            page.mouse.up()
+            _drag(page, x, y, 8, 3)
             painted = _wait_for(lambda: (lambda c: c if c.get(active, 0) > segmented[active] else None)(
                 _page_counts(page)), 30, f"{active} to grow after the stroke")
             assert painted[active] > segmented[active]

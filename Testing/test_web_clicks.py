@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from test_web import (CHROMIUM, ENV, TOKEN, _expect_message, _free_port, _page_counts, _page_opens, _wait_for,
+from test_web import (CHROMIUM, ENV, TOKEN, _drag, _expect_message, _free_port, _page_counts, _page_opens, _wait_for,
                       needs_browser)
 
 
@@ -58,12 +58,7 @@ def test_a_negative_click_takes_a_wrong_stroke_away_and_undo_brings_it_back(tmp_
             active = page.query_selector("#dinseg-structures tr[data-structure]").get_attribute("data-structure")
             box = page.query_selector_all("main img.image-display-area")[0].bounding_box()
             x, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.3
-            page.mouse.move(x, y)
-            page.mouse.down()
-            for step in range(1, 11):
-                page.mouse.move(x + 4 * step, y + 2 * step)
-                page.wait_for_timeout(30)
-            page.mouse.up()
+            _drag(page, x, y, 4, 2)
             _wait_for(lambda: _page_counts(page).get(active, 0) > segmented[active], 30, f"{active} to grow")
             page.click("button:has(i.mdi-brain)")  # back to the DIN panel (the paint tool is left)
             painted = _download_labels(page, tmp_path, "painted")

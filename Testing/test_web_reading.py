@@ -23,8 +23,8 @@ import pytest
 
 from cielab import cielab
 from conftest import SAMPLE_CT
-from test_web import (CHROMIUM, ENV, TOKEN, _expect_message, _free_port, _page_counts, _page_opens, _seg_nrrd_counts,
-                      _wait_for, needs_browser, open_section)
+from test_web import (CHROMIUM, ENV, TOKEN, _drag, _expect_message, _free_port, _page_counts, _page_opens,
+                      _seg_nrrd_counts, _wait_for, needs_browser, open_section)
 
 from dinseg.core.colors import STRUCTURE_COLORS, hex_color
 
@@ -254,12 +254,7 @@ def test_window_level_presets_and_left_drag(pages):
     assert annotation["view-window"] == "W 1500 L -600", "the view shows the value too"
     box = _views(page)[0].bounding_box()
     x, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
-    page.mouse.move(x, y)
-    page.mouse.down()
-    for step in range(1, 11):
-        page.mouse.move(x + 12 * step, y + 6 * step)
-        page.wait_for_timeout(30)
-    page.mouse.up()
+    _drag(page, x, y, 12, 6)
     _wait_for(lambda: page.inner_text("#dinseg-window-level") != "W 1500 L -600", 20, "left-drag to change W/L")
     page.wait_for_timeout(500)
     page.click("[data-preset='abdomen']")
@@ -373,12 +368,7 @@ def test_reopen_a_saved_segmentation_edit_and_save_it_again(pages, data_folder, 
     first = page.query_selector("#dinseg-structures tr[data-structure]").get_attribute("data-structure")
     box = _views(page)[0].bounding_box()
     x, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.3
-    page.mouse.move(x, y)
-    page.mouse.down()
-    for step in range(1, 11):
-        page.mouse.move(x + 8 * step, y + 3 * step)
-        page.wait_for_timeout(30)
-    page.mouse.up()
+    _drag(page, x, y, 8, 3)
     edited = _wait_for(lambda: (lambda c: c if c.get(first, 0) > segmented[first] else None)(_page_counts(page)),
                        30, f"{first} to grow")
     page.click("button:has(i.mdi-brain)")   # back to the DIN panel: the brush is put down
@@ -389,12 +379,7 @@ def test_reopen_a_saved_segmentation_edit_and_save_it_again(pages, data_folder, 
 
     # back on the DIN panel, left-drag is window/level again, not paint
     before = page.inner_text("#dinseg-window-level")
-    page.mouse.move(x, y)
-    page.mouse.down()
-    for step in range(1, 11):
-        page.mouse.move(x + 10 * step, y + 5 * step)
-        page.wait_for_timeout(30)
-    page.mouse.up()
+    _drag(page, x, y, 10, 5)
     _wait_for(lambda: page.inner_text("#dinseg-window-level") != before, 20, "left-drag to set window/level")
     page.wait_for_timeout(500)
     assert _page_counts(page) == edited, "the drag painted"
