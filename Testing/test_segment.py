@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -455,6 +456,21 @@ def test_batch_names_cases_of_one_stem_by_their_folders_and_refuses_one_folder_o
         [("first", tmp_path / "first" / "ct.nii.gz"), ("second", tmp_path / "second" / "ct.nrrd")]
     _expect_failure(capsys, ["segment", str(tmp_path / "first"), "-o", str(tmp_path / "out")],
                     "the same output 'ct'", tmp_path / "out" / "x")
+
+
+def test_a_folder_of_case_folders_gives_each_case_folder_s_image_named_by_its_folder(ct_crop, tmp_path):
+    """cases/case_0000N/imaging.nii.gz (KiTS) given as the folder ``cases``; a DICOM series folder stays one case."""
+    from dinseg.pipeline.files import batch_cases
+
+    for case in ("case_00000", "case_00001"):
+        (tmp_path / "cases" / case).mkdir(parents=True)
+        shutil.copy(ct_crop, tmp_path / "cases" / case / "imaging.nii.gz")
+    series = tmp_path / "cases" / "series_0002"
+    series.mkdir()
+    (series / "IM0001.dcm").write_bytes(b"")
+    assert batch_cases([str(tmp_path / "cases")]) == [
+        ("case_00000", tmp_path / "cases" / "case_00000" / "imaging.nii.gz"),
+        ("case_00001", tmp_path / "cases" / "case_00001" / "imaging.nii.gz"), ("series_0002", series)]
 
 
 @pytest.mark.parametrize("target", ["/proc/dinseg_out.nii.gz", "/sys/dinseg_out.seg.nrrd"])

@@ -327,14 +327,20 @@ def case_names(paths: Sequence[Path]) -> List[str]:
 
 
 def folder_cases(folder: Path) -> List[Path]:
-    """The cases of a folder of cases (image files, or DICOM series in subfolders); [] for a series folder."""
+    """The cases of a folder of cases: its image files, or else its subfolders, each a case folder's image
+    files (``cases/case_00000/imaging.nii.gz``) or a DICOM series; [] for a series folder."""
     entries = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
-    images = [p for p in entries if p.is_file() and p.name.lower().endswith(CASE_EXTENSIONS)]
+    images = _image_files(entries)
     if images:
         return images
     if entries and all(p.is_dir() for p in entries):
-        return entries
+        return [case for entry in entries for case in (_image_files(sorted(entry.iterdir())) or [entry])]
     return []
+
+
+def _image_files(entries: Sequence[Path]) -> List[Path]:
+    return [p for p in entries
+            if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(CASE_EXTENSIONS)]
 
 
 def is_batch(inputs: Sequence[str], output: str) -> bool:
