@@ -458,7 +458,7 @@ def test_batch_names_cases_of_one_stem_by_their_folders_and_refuses_one_folder_o
                     "the same output 'ct'", tmp_path / "out" / "x")
 
 
-def test_a_folder_of_case_folders_gives_each_case_folder_s_image_named_by_its_folder(ct_crop, tmp_path):
+def test_a_folder_of_case_folders_gives_each_case_folder_s_image_named_by_its_folder(ct_crop, tmp_path, capsys):
     """cases/case_0000N/imaging.nii.gz (KiTS) given as the folder ``cases``; a DICOM series folder stays one case."""
     from dinseg.pipeline.files import batch_cases
 
@@ -471,6 +471,9 @@ def test_a_folder_of_case_folders_gives_each_case_folder_s_image_named_by_its_fo
     assert batch_cases([str(tmp_path / "cases")]) == [
         ("case_00000", tmp_path / "cases" / "case_00000" / "imaging.nii.gz"),
         ("case_00001", tmp_path / "cases" / "case_00001" / "imaging.nii.gz"), ("series_0002", series)]
+    # a folder of cases with an output that names a file: refused, no folder of that name made
+    _expect_failure(capsys, ["segment", str(tmp_path / "cases" / "case_00000"), "-o", str(tmp_path / "x.nii.gz")],
+                    "names a file, but the input holds 1 case(s)", tmp_path / "x.nii.gz")
 
 
 @pytest.mark.parametrize("target", ["/proc/dinseg_out.nii.gz", "/sys/dinseg_out.seg.nrrd"])

@@ -383,6 +383,9 @@ def segment_files(inputs: Sequence[str], folder, options: SegmentOptions = Segme
     refuse_overwriting_inputs([folder], inputs)
     folder = Path(folder)
     if not folder.is_dir():
+        if folder.name.lower().endswith(tuple(FORMAT_EXTENSIONS.values()) + CASE_EXTENSIONS):
+            raise InputError(f"{folder}: names a file, but the input holds {len(cases)} case(s): name a folder "
+                             f"for their outputs (e.g. {folder.parent / folder.name.split('.')[0]}/)")
         if not folder.parent.is_dir():
             raise InputError(f"{folder}: its parent folder {folder.parent} does not exist")
         folder.mkdir()
