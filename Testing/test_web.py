@@ -260,6 +260,15 @@ def _page_counts(page) -> dict:
             for row in page.query_selector_all("#dinseg-structures tr[data-structure]")}
 
 
+def _start_web(data_folder, *args: str, env=None):
+    """``(port, server)``: ``dinseg web`` started on a free port over ``data_folder`` (stdout and stderr piped)."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "dinseg.apps.cli", "web", "--port", str(port), "--data",
+                               str(data_folder), *args], env=env or ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    return port, server
+
+
 def _drag(page, x: float, y: float, step_x: float, step_y: float, steps: int = 10) -> None:
     """A left-button drag from (x, y) in ``steps`` moves of (step_x, step_y) page pixels."""
     page.mouse.move(x, y)
@@ -296,12 +305,9 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
 
     server_temp = tmp_path / "server-temp"
     server_temp.mkdir()
-    port = _free_port()
     started = time.monotonic()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "dinseg.apps.cli", "web", "--port", str(port), "--data", str(data_folder),
-         "--max-upload-mb", str(UPLOAD_LIMIT_MB)],
-        env={**ENV, "TMPDIR": str(server_temp)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port, server = _start_web(data_folder, "--max-upload-mb", str(UPLOAD_LIMIT_MB),
+                              env={**ENV, "TMPDIR": str(server_temp)})
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

@@ -5,13 +5,11 @@ it in chromium lets the bundled refiner take it away (Dice against the unpainted
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from test_web import (CHROMIUM, ENV, TOKEN, _drag, _expect_message, _free_port, _page_counts, _page_opens, _wait_for,
+from test_web import (CHROMIUM, TOKEN, _drag, _expect_message, _page_counts, _page_opens, _start_web, _wait_for,
                       needs_browser)
 
 
@@ -37,9 +35,7 @@ def test_a_negative_click_takes_a_wrong_stroke_away_and_undo_brings_it_back(tmp_
 
     if not BUNDLED_REFINER.is_file():
         pytest.skip("no bundled refiner")
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "dinseg.apps.cli", "web", "--port", str(port), "--data",
-                               str(tmp_path)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port, server = _start_web(tmp_path)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

@@ -15,16 +15,14 @@ import io
 import os
 import shutil
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from cielab import cielab
 from conftest import SAMPLE_CT
-from test_web import (CHROMIUM, ENV, TOKEN, _drag, _expect_message, _free_port, _page_counts, _page_opens,
-                      _seg_nrrd_counts, _wait_for, needs_browser, open_section)
+from test_web import (CHROMIUM, TOKEN, _drag, _expect_message, _page_counts, _page_opens, _seg_nrrd_counts,
+                      _start_web, _wait_for, needs_browser, open_section)
 
 from dinseg.core.colors import STRUCTURE_COLORS, hex_color
 
@@ -89,9 +87,7 @@ def pages(data_folder, tmp_path_factory):
     """One server; a page at 1600 x 1000 and one at 1280 x 720 (both see the one shared scene)."""
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "dinseg.apps.cli", "web", "--port", str(port), "--data",
-                               str(data_folder)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port, server = _start_web(data_folder)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
