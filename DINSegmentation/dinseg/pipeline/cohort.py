@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..core.errors import DinsegError, InputError
 from ..core.samples import resolve_input
+from ..models.card import sha256_of
 from .files import FORMAT_EXTENSIONS, case_name, case_names, folder_cases, refuse_overwriting_inputs
 from .options import SegmentOptions
 
@@ -132,14 +132,6 @@ def part_of(items: Sequence, part: Tuple[int, int]) -> list:
     return [item for index, item in enumerate(items) if index % count == share - 1]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def output_verifies(path: Path, sha256: str) -> bool:
     """Whether ``path`` is whole (core.io.verify_written) and is the file a row recorded (its SHA-256)."""
     from ..core.io import IncompleteFile, OUTPUT_EXTENSIONS, verify_written
@@ -147,7 +139,7 @@ def output_verifies(path: Path, sha256: str) -> bool:
     try:
         extension = next(e for e in OUTPUT_EXTENSIONS if path.name.lower().endswith(e))
         verify_written(path, extension)
-        return bool(sha256) and file_sha256(path) == sha256
+        return bool(sha256) and sha256_of(path) == sha256
     except (OSError, StopIteration, IncompleteFile):
         return False
 
@@ -214,7 +206,7 @@ def segment_case(task: CaseTask) -> Dict[str, object]:
     except DinsegError as error:
         return {**row, "status": FAILED, "error": one_line(error), "seconds": time.perf_counter() - started}
     card = result.card
-    row.update(status=OK, model=card.name, model_version=card.version, output_sha256=file_sha256(result.output))
+    row.update(status=OK, model=card.name, model_version=card.version, output_sha256=sha256_of(result.output))
     if result.quality is not None:
         row.update(quality=result.quality.status, quality_reasons=" | ".join(result.quality.to_dict()["reasons"]))
     if result.labels.ndim == 3:
