@@ -313,6 +313,30 @@ def test_class_balanced_sampling_draws_a_small_organ_as_often_as_a_large_one():
     assert len(epoch_samples([empty], 10, 0, 0, 1.0, balance_classes=True)) == 10
 
 
+def test_edge_sampling_draws_where_the_labelled_extent_starts_and_ends():
+    from dinseg.training.data.sampling import PreparedCase, epoch_samples, extent_edge_slices
+
+    labels = np.zeros((20, 8, 8), np.uint8)
+    labels[3:15, 2:6, 2:6] = 1         # labelled on slices 3..14: edges 2, 3, 14, 15
+    case = PreparedCase("case", np.zeros(labels.shape, np.float32), labels)
+    at_stack_ends = PreparedCase("ends", np.zeros((4, 8, 8), np.float32), np.ones((4, 8, 8), np.uint8))
+    empty = PreparedCase("empty", np.zeros((5, 8, 8), np.float32), np.zeros((5, 8, 8), np.uint8))
+    assert extent_edge_slices([case, at_stack_ends, empty]) == [(0, 2), (0, 3), (0, 14), (0, 15), (1, 0), (1, 3)]
+
+    def edge_share(fraction):
+        samples = epoch_samples([case], 4000, seed=0, epoch=0, foreground_fraction=0.67, edge_fraction=fraction)
+        return sum(s in (2, 3, 14, 15) for _, s in samples) / len(samples)
+
+    plain = edge_share(0.0)                           # 4 of 20 slices, 2 of 12 labelled ones
+    assert plain == pytest.approx(0.33 * 4 / 20 + 0.67 * 2 / 12, abs=0.02)
+    assert edge_share(0.5) == pytest.approx(0.5 + 0.5 * plain, abs=0.03)
+    assert epoch_samples([case], 50, 3, 1, 0.67) == epoch_samples([case], 50, 3, 1, 0.67, edge_fraction=0.0)
+    assert epoch_samples([empty], 10, 0, 0, 0.67, edge_fraction=1.0) == epoch_samples([empty], 10, 0, 0, 0.67)
+    for bad in (-0.1, 1.5, "half", True):
+        with pytest.raises(ConfigError, match="edge_fraction must be a number within 0..1"):
+            TrainConfig(edge_fraction=bad)
+
+
 def test_fine_tuning_starts_from_the_given_model(phantom, tmp_path, random_ct_model):
     first = DINTrainingLogic(_config(phantom, tmp_path / "first", epochs=1, val_fraction=0.0, preset="light",
                                      fusion="concat")).run()

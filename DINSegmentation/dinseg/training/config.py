@@ -62,6 +62,9 @@ class TrainConfig:
     iterations_per_epoch: int = 250
     foreground_fraction: float = 0.67
     balance_classes: bool = False               # labelled draws: a class first, then a slice holding it
+    # share of draws from the ends of each volume's labelled extent and the empty slice beyond each
+    # (a heart's base and apex: where the extent is decided); 0 = off
+    edge_fraction: float = 0.0
     lr: float = 1e-3
     weight_decay: float = 1e-2
     schedule: str = "cosine"                    # cosine or poly
@@ -87,6 +90,10 @@ class TrainConfig:
             raise ConfigError(str(error)) from None
         if self.schedule not in ("cosine", "poly"):
             raise ConfigError(f"schedule must be cosine or poly, got {self.schedule!r}")
+        for name in ("foreground_fraction", "edge_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be a number within 0..1, got {value!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.iterations_per_epoch < 1:
             raise ConfigError("batch_size, epochs and iterations_per_epoch must be at least 1")
         not_switches = [f.name for f in dataclasses.fields(self)

@@ -239,7 +239,7 @@ class DINTrainingLogic:
             torch.manual_seed(config.seed * 100_003 + epoch)
             samples = epoch_samples(train_cases, config.iterations_per_epoch * config.batch_size * dist.world_size,
                                     config.seed, epoch, config.foreground_fraction,
-                                    config.balance_classes)
+                                    config.balance_classes, config.edge_fraction)
             slices = TrainingSlices(train_cases, samples[dist.rank::dist.world_size], augmentation,
                                     config.patch_size, seed=config.seed * 7919 + epoch,
                                     context_slices=config.context_slices)

@@ -139,13 +139,17 @@ def _clip_to_unit_range(image):
 
 
 def epoch_samples(cases: Sequence[PreparedCase], count: int, seed: int, epoch: int,
-                  foreground_fraction: float = 0.67, balance_classes: bool = False) -> List[Tuple[int, int]]:
+                  foreground_fraction: float = 0.67, balance_classes: bool = False,
+                  edge_fraction: float = 0.0) -> List[Tuple[int, int]]:
     """``count`` (case index, slice index) pairs for one epoch, deterministic in (seed, epoch).
 
     A ``foreground_fraction`` of the samples come from slices that contain labels, so that
     small organs are seen often; the rest from any slice, so that empty slices stay empty.
     With ``balance_classes`` a labelled draw first picks a class uniformly, then a slice that
     holds it, so that a small organ (pancreas, gallbladder) is drawn as often as the liver.
+    An ``edge_fraction`` of the samples then come from :func:`extent_edge_slices` instead: the
+    slices where a structure's through-plane extent starts or ends (a heart's base and apex).
+    With ``edge_fraction`` 0 the draws are those of earlier versions.
     """
     rng = np.random.default_rng([seed, epoch])
     all_slices = [(c, s) for c, case in enumerate(cases) for s in range(case.image.shape[0])]
@@ -155,7 +159,28 @@ def epoch_samples(cases: Sequence[PreparedCase], count: int, seed: int, epoch: i
     for from_labelled in pool_choice:
         pool = pools[int(rng.integers(len(pools)))] if from_labelled else all_slices
         samples.append(pool[int(rng.integers(len(pool)))])
+    edges = extent_edge_slices(cases) if edge_fraction > 0 else []
+    if edges:
+        for index in np.flatnonzero(rng.random(count) < edge_fraction):
+            samples[index] = edges[int(rng.integers(len(edges)))]
     return samples
+
+
+def extent_edge_slices(cases: Sequence[PreparedCase]) -> List[Tuple[int, int]]:
+    """(case index, slice index) of each volume's first and last labelled slice and the slice
+    beyond each (empty, where the stack goes on): where a structure's extent must be decided.
+
+    A slice is labelled if it holds any structure; an unlabelled volume gives none.
+    """
+    edges = []
+    for c, case in enumerate(cases):
+        labelled = case.foreground_slices
+        if not labelled.size:
+            continue
+        first, last = int(labelled[0]), int(labelled[-1])
+        ends = {first, last, first - 1, last + 1}
+        edges.extend((c, s) for s in sorted(ends) if 0 <= s < case.labels.shape[0])
+    return edges
 
 
 def _labelled_pools(cases: Sequence[PreparedCase], per_class: bool) -> List[List[Tuple[int, int]]]:
