@@ -344,3 +344,16 @@ def test_a_cut_nifti_is_refused_where_itk_would_fill_it_with_zeros(tmp_path, nam
 def test_nan_voxels_in_a_float_nifti_are_refused_by_read_volume(tmp_path):
     path = _nifti(tmp_path / "nan.nii", _floats(bad=[(5, np.nan)]), 16)
     assert _refusal(read_volume, path) == f"{path}: 1 voxel(s) are NaN or infinite"
+
+
+def test_a_reading_librarys_reason_is_said_in_the_users_words():
+    from dinseg.core.errors import in_plain_words
+
+    assert in_plain_words("ct.nii.gz: cannot read this image (Not a gzipped file (b'Th'))") == \
+        "ct.nii.gz: cannot read this image: the file is cut short or damaged"
+    assert in_plain_words("ct.nii.gz: cannot read this image (corrupt or truncated: Compressed file ended before "
+                          "the end-of-stream marker was reached)").endswith(": the file is cut short or damaged")
+    assert in_plain_words("x.png: cannot read this image (Could not create IO object for reading file x.png)") == \
+        "x.png: cannot read this image: not an image format dinseg reads (NIfTI, NRRD, MHA, zipped DICOM)"
+    for unchanged in ("x.nrrd: is a 2D image; a 3D volume is needed", "a (bracketed) middle", "ends (in words)"):
+        assert in_plain_words(unchanged) == unchanged

@@ -230,7 +230,7 @@ def _write(array, path, spacing=(3.0, 3.0, 3.0)):
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such file"),
-    ("truncated", "cannot read"),
+    ("truncated", "cannot read this image: the file is cut short or damaged"),
     ("truncated_plain", "truncated"),
     ("empty_file", "the file is empty"),
     ("two_d", "2D image"),

@@ -389,7 +389,7 @@ def test_segment_correct_and_save_in_the_browser(data_folder, tmp_path):
             _expect_message(page, "link_out.nii.gz: is outside the data folder")
             page.fill("#dinseg-data-path", "corrupt.nii.gz")
             page.click("#dinseg-open-data")
-            _expect_message(page, "corrupt.nii.gz: cannot read this image: the file is cut short or not a NIfTI file")
+            _expect_message(page, "corrupt.nii.gz: cannot read this image: the file is cut short or damaged")
             big = tmp_path / "big.nrrd"
             big.write_bytes(os.urandom((UPLOAD_LIMIT_MB + 1) * 1000 * 1000))
             page.set_input_files("input[type=file]", str(big))

@@ -152,15 +152,9 @@ needs_trame = pytest.mark.skipif(importlib.util.find_spec("trame_slicer") is Non
 
 
 @needs_trame
-def test_reading_errors_are_said_in_the_users_words():
-    from dinseg.apps.web.app import in_plain_words, stage_in_words
+def test_the_first_stage_is_named_for_the_user():
+    from dinseg.apps.web.app import stage_in_words
 
-    assert in_plain_words("ct.nii.gz: cannot read this image (Not a gzipped file (b'Th'))") == \
-        "ct.nii.gz: cannot read this image: the file is cut short or not a NIfTI file"
-    assert in_plain_words("ct.nii.gz: cannot read this image (Compressed file ended before the end-of-stream "
-                          "marker was reached)").endswith(": the file is cut short or not a NIfTI file")
-    unchanged = "x.nrrd: is a 2D image; a 3D volume is needed"
-    assert in_plain_words(unchanged) == unchanged
     assert stage_in_words("starting") == "reading the image, loading the model"
     assert stage_in_words("inference 3/10") == "inference 3/10"
 
@@ -441,7 +435,7 @@ def test_small_items_in_the_users_words(pages, data_folder):
     open_section(page, "open")
     _type_path(page, "corrupt.nii.gz")
     page.click("#dinseg-open-data")
-    _expect_message(page, "corrupt.nii.gz: cannot read this image: the file is cut short or not a NIfTI file")
+    _expect_message(page, "corrupt.nii.gz: cannot read this image: the file is cut short or damaged")
 
     # a refused upload leaves no name behind; an upload empties the data-folder field
     page.set_input_files("input[type=file]", str(data_folder / "corrupt.nii.gz"))

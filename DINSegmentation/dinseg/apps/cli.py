@@ -11,7 +11,7 @@ import logging
 import sys
 
 from .. import __version__
-from ..core.errors import DinsegError, InputError
+from ..core.errors import DinsegError, InputError, in_plain_words
 
 log = logging.getLogger("dinseg")
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         _set_threads(getattr(args, "threads", None))
         return args.handler(args)
     except DinsegError as error:
-        print(f"dinseg: error: {error}", file=sys.stderr)
+        print(f"dinseg: error: {in_plain_words(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dinseg: interrupted", file=sys.stderr)

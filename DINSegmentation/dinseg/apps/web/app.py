@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from vtkmodules.vtkCommonCore import vtkCommand
 from ...pipeline.options import ENHANCEMENT_METHODS, MODEL_DEFAULT, SegmentOptions
 from ...slicer.convert import segmentation_to_labels, volume_to_image
 from ...slicer.logic import DINSegmentationMRMLLogic
-from ...core.errors import DinsegError, InputError, OutputError
+from ...core.errors import DinsegError, InputError, OutputError, in_plain_words
 from ...pipeline.job import JobState
 from ...pipeline.worker import Worker
 from ...core.colors import hex_color, structure_color
@@ -63,12 +62,6 @@ SIDE_BY_SIDE_LAYOUT = "Original | enhanced"
 #: the layouts offered before an enhancement preview exists (then also SIDE_BY_SIDE_LAYOUT)
 IMAGE_LAYOUTS = [AXIAL_LAYOUT, SAGITTAL_LAYOUT, CORONAL_LAYOUT, THREE_D_LAYOUT, FOUR_UP_LAYOUT]
 #: library phrases of an unreadable file, and what they mean to the user
-PLAIN_WORDS = (
-    (re.compile(r"gzip|compressed file ended|end of (the )?stream|crc check|truncated|unexpected end", re.I),
-     "the file is cut short or not a NIfTI file"),
-    (re.compile(r"could not create io object|unknown format|imageio", re.I),
-     "not an image format dinseg reads (NIfTI, NRRD, MHA, zipped DICOM)"),
-)
 SHARED_SESSION_NOTE = ("One shared session: every tab that opens this page with its token sees and edits "
                        "the same scene.")
 UPLOAD_CHUNK_BYTES = 1 << 20
@@ -102,17 +95,6 @@ def card_summary(card) -> str:
     measured = card.metrics.get("summary", "no measured metrics")
     return (f"{card.name} {card.version}: {classes}. Modality {card.modality} {card.anatomy}".rstrip()
             + f". Trained on: {training}. Measured: {measured}")
-
-
-def in_plain_words(message: str) -> str:
-    """A reading error with the library's reason in brackets said in the user's words."""
-    match = re.search(r"\((.*)\)$", message)
-    if match is None:
-        return message
-    for pattern, words in PLAIN_WORDS:
-        if pattern.search(match.group(1)):
-            return message[:match.start()].rstrip() + ": " + words
-    return message
 
 
 def display_infos(infos: Sequence[LabelInfo]) -> List[LabelInfo]:
