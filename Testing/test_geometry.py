@@ -104,3 +104,10 @@ def test_reorientation_handles_time_series_arrays():
     for t in range(3):
         assert np.array_equal(canonical[t], reorientation.to_canonical(frames[t]))
     assert np.array_equal(reorientation.from_canonical(canonical), frames)
+
+
+def test_a_voxels_volume_in_millilitres():
+    from dinseg.core.geometry import voxel_ml
+
+    assert voxel_ml((1.25, 1.25, 10.0)) == pytest.approx(0.015625)
+    assert Geometry(size=(4, 4, 4), spacing=(2.0, 0.5, 3.0), origin=(0.0, 0.0, 0.0)).voxel_ml == pytest.approx(0.003)

@@ -32,6 +32,11 @@ class Geometry:
     direction: Tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
     @property
+    def voxel_ml(self) -> float:
+        """The volume of one voxel in millilitres (spacing in mm)."""
+        return voxel_ml(self.spacing)
+
+    @property
     def direction_matrix(self) -> np.ndarray:
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
 
@@ -118,6 +123,11 @@ class Reorientation:
     def spacing(self, geometry: Geometry) -> Tuple[float, float, float]:
         """Canonical (x, y, z) spacing."""
         return tuple(geometry.spacing[a] for a in self.axes)
+
+
+def voxel_ml(spacing_mm: Sequence[float]) -> float:
+    """The volume in millilitres of a voxel whose edges are ``spacing_mm`` (x, y, z) long."""
+    return float(np.prod([float(s) for s in spacing_mm])) / 1000.0
 
 
 def parse_orientation(code: str) -> np.ndarray:

@@ -192,8 +192,6 @@ def segment_case(task: CaseTask) -> Dict[str, object]:
     """Run on a worker: :func:`files.segment_file` for one case with this worker's models; the row of
     the table (status "failed" with the one-line reason for a DinsegError; other errors raise, so
     Dask retries the case)."""
-    import numpy as np
-
     from ..reports.cardiac import cardiac_function, frame_volumes
     from .files import segment_file
 
@@ -210,8 +208,8 @@ def segment_case(task: CaseTask) -> Dict[str, object]:
     if result.quality is not None:
         row.update(quality=result.quality.status, quality_reasons=" | ".join(result.quality.to_dict()["reasons"]))
     if result.labels.ndim == 3:
-        voxel_ml = float(np.prod(result.geometry.spacing)) / 1000.0
-        volumes = frame_volumes([result.labels], {info.name: info.value for info in card.labels}, voxel_ml)
+        volumes = frame_volumes([result.labels], {info.name: info.value for info in card.labels},
+                                result.geometry.voxel_ml)
         row.update({volume_column(name): values[0] for name, values in volumes.items()})
     elif task.cardiac:
         try:

@@ -191,7 +191,7 @@ class Measured:
 def measure(labels: np.ndarray, image: Optional[np.ndarray], geometry: Geometry,
             names: Mapping[int, str]) -> Dict[str, Measured]:
     """Per structure name: voxels, volume, LPS centroid, height along k, slices, borders, median intensity."""
-    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    voxel_ml = geometry.voxel_ml
     to_lps = geometry.index_to_lps()
     shape = labels.shape
     found = {}

@@ -37,7 +37,7 @@ def structure_statistics(labels: np.ndarray, image: np.ndarray, geometry: Geomet
     """
     frames = [(None, labels, image)] if labels.ndim == 3 else \
         [(t, labels[t], image[t]) for t in range(labels.shape[0])]
-    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    voxel_ml = geometry.voxel_ml
     to_lps = geometry.index_to_lps()
     rows = []
     for frame, frame_labels, frame_image in frames:

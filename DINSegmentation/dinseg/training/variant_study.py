@@ -143,7 +143,7 @@ def study(card, cases, weights: Dict[str, Sequence[float]], flips: bool = True,
         segmenter.segment(volume)
         reorientation = card.preprocessing.reorientation(volume.geometry)
         row = {"patient": patient, "phase": phase, "group": group,
-               "voxel_ml": float(np.prod(volume.geometry.spacing)) / 1000,
+               "voxel_ml": volume.geometry.voxel_ml,
                "truth": {str(k): int((truth == k).sum()) for k in (RV, MYO, LV)},
                "truth_lv_slices": [int(x) for x in (truth == LV).sum((1, 2))],
                "truth_myo_slices": [int(x) for x in (truth == MYO).sum((1, 2))], "variants": {}}
