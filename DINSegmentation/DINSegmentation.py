@@ -422,11 +422,13 @@ class DINSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._showCardiacFunction(job)
                     self.ui.statusLabel.text = _("Done in {seconds:.1f} s.").format(seconds=job.elapsed)
                     quality = getattr(job.runner, "quality", None) or {}
-                    if quality.get("status") == "review":  # dinseg.reports.quality: what to check first
-                        for reason in quality["reasons"]:
-                            self.ui.logTextEdit.appendPlainText(_("Check: {reason}").format(reason=reason))
-                        self.ui.statusLabel.text = _("Done; check before use: {reasons}").format(
-                            reasons="; ".join(quality["reasons"]))
+                    if quality.get("status") == "review" and quality.get("problems"):  # reports.quality: check first
+                        for problem in quality["problems"]:
+                            self.ui.logTextEdit.appendPlainText(_("Check: {problem}").format(problem=problem))
+                        for note in quality["notes"]:
+                            self.ui.logTextEdit.appendPlainText(_("Not checked: {note}").format(note=note))
+                        self.ui.statusLabel.text = _("Done; check before use: {problems}").format(
+                            problems="; ".join(quality["problems"]))
                         self.ui.logCollapsibleGroupBox.collapsed = False
             else:
                 self.ui.statusLabel.text = _("Failed: {error}").format(error=job.error or job.state)

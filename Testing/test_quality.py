@@ -71,6 +71,11 @@ def test_structure_touching_the_border_is_incomplete(sample, ct_card):
     liver = verdict.structures["liver"]  # the sample stops inside the liver's dome
     assert liver.incomplete and liver.status == REVIEW
     assert any("incomplete" in r and "lower bound" in r for r in liver.reasons)
+    # what the GUIs show: the structures' problems too, not the notes on checks that did not run
+    problems = verdict.to_dict()["problems"]
+    assert any(p.startswith("liver: ") and "incomplete" in p for p in problems)
+    assert "no test-time variants were computed: no predicted Dice" in verdict.notes
+    assert not set(verdict.notes) & set(problems)
     # cut through the left kidney in-plane: incomplete; whole kidney: not
     assert not verdict.structures["left kidney"].incomplete
     k, j, i = np.nonzero(labels == 3)

@@ -116,8 +116,10 @@ class QualityVerdict:
     notes: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, object]:
-        """reasons: the problems, then the notes (checks that could not run); notes: the latter alone."""
+        """reasons: the case's problems, then the notes (checks that could not run); notes: the latter
+        alone; problems: :meth:`warnings`, the case's and each structure's, what a user should check."""
         return {"status": self.status, "reasons": list(self.reasons) + list(self.notes), "notes": list(self.notes),
+                "problems": self.warnings(),
                 "structures": {name: s.to_dict() for name, s in self.structures.items()}}
 
     def warnings(self) -> List[str]:

@@ -574,8 +574,8 @@ class DinsegWebApp:
             self._show_result(result, job.card.labels, job.card)
             self.state.job_stage = "done"
             quality = getattr(job.runner, "quality", None) or {}
-            if quality.get("status") == "review":  # reports.quality: say what to check before trusting it
-                self._say(f"segmented with {job.card.name}; check before use: " + "; ".join(quality["reasons"]),
+            if quality.get("status") == "review" and quality.get("problems"):  # reports.quality: what to check
+                self._say(f"segmented with {job.card.name}; check before use: " + "; ".join(quality["problems"]),
                           "warning")
             else:
                 self._say(f"segmented in {job.elapsed:.1f} s with {job.card.name}", "success")
@@ -861,7 +861,7 @@ class DinsegWebApp:
         ctrl = self.server.controller
         # the last message stays at the top of the panel, in sight whatever the panel shows below
         with html.Div(style="position: sticky; top: 0; z-index: 3;", classes="bg-surface"):
-            v3.VAlert(v_if="message", text=("message",), type=("message_type",), density="compact",
+            v3.VAlert(v_if="message", text=("message",), type=("message_type",), density="compact", icon=False,
                       id="dinseg-message", classes="mb-1 text-caption",
                       style="word-break: break-word; max-height: 96px; overflow-y: auto;",
                       closable=True, click_close="message = ''")
@@ -935,6 +935,18 @@ class DinsegWebApp:
                 with html.Tr(v_for="row in cardiac_rows", key="row.quantity"):
                     html.Td("{{ row.quantity }}")
                     html.Td("{{ row.value }}")
+        # correct with clicks
+        with html.Div(v_if="has_result", id="dinseg-clicks"):
+            v3.VSelect(v_model=("click_structure",), items=("click_structures",), label="correct with clicks:",
+                       density="compact", hide_details=True, id="dinseg-click-structure", classes="mt-2")
+            with html.Div(classes="d-flex flex-wrap ga-1 mt-1"):
+                v3.VBtn("+ add", click=(self.click_mode, "['+']"), size="small", id="dinseg-click-positive",
+                        color=("click_mode === '+' ? 'success' : undefined",))
+                v3.VBtn("- remove", click=(self.click_mode, "['-']"), size="small", id="dinseg-click-negative",
+                        color=("click_mode === '-' ? 'error' : undefined",))
+                v3.VBtn("undo click", click=self.undo_click, size="small", disabled=("!click_count",),
+                        id="dinseg-click-undo")
+                v3.VBtn("done", click=self.end_clicks, size="small", id="dinseg-click-done")
         # save
         with html.Div(classes="d-flex flex-wrap ga-1 mt-2", id="dinseg-save"):
             v3.VBtn(".seg.nrrd", disabled=("!has_result",), size="small", id="dinseg-download-seg",
@@ -945,23 +957,10 @@ class DinsegWebApp:
                     prepend_icon="mdi-download",
                     click=f"utils.download(labels_download_name, trigger('{ctrl.trigger_name(self.download_labels)}'), "
                           "'application/octet-stream')")
-            v3.VBtn("next to the input", disabled=("!can_save_next_to_input",), size="small", id="dinseg-save-next",
+            v3.VBtn("beside the input", disabled=("!can_save_next_to_input",), size="small", id="dinseg-save-next",
                     prepend_icon="mdi-content-save", click=self.save_next_to_input)
         html.Div("{{ save_message }}", v_if="save_message", classes="text-caption text-success",
                  id="dinseg-save-message")
-        # correct with clicks
-        with html.Div(v_if="has_result", id="dinseg-clicks"):
-            html.Div("Correct with clicks", classes="text-subtitle-2 mt-2")
-            v3.VSelect(v_model=("click_structure",), items=("click_structures",), label="structure",
-                       density="compact", hide_details=True, id="dinseg-click-structure")
-            with html.Div(classes="d-flex flex-wrap ga-1 mt-1"):
-                v3.VBtn("+ add", click=(self.click_mode, "['+']"), size="small", id="dinseg-click-positive",
-                        color=("click_mode === '+' ? 'success' : undefined",))
-                v3.VBtn("- remove", click=(self.click_mode, "['-']"), size="small", id="dinseg-click-negative",
-                        color=("click_mode === '-' ? 'error' : undefined",))
-                v3.VBtn("undo click", click=self.undo_click, size="small", disabled=("!click_count",),
-                        id="dinseg-click-undo")
-                v3.VBtn("done", click=self.end_clicks, size="small", id="dinseg-click-done")
 
     @staticmethod
     @contextmanager
