@@ -863,7 +863,7 @@ class DinsegWebApp:
         with html.Div(style="position: sticky; top: 0; z-index: 3;", classes="bg-surface"):
             v3.VAlert(v_if="message", text=("message",), type=("message_type",), density="compact", icon=False,
                       id="dinseg-message", classes="mb-1 text-caption",
-                      style="word-break: break-word; max-height: 96px; overflow-y: auto;",
+                      style="word-break: break-word; max-height: max(96px, calc(100vh - 624px)); overflow-y: auto;",
                       closable=True, click_close="message = ''")
         with v3.VExpansionPanels(v_model=("open_sections",), multiple=True, variant="accordion",
                                  id="dinseg-sections"):
