@@ -337,6 +337,26 @@ def test_edge_sampling_draws_where_the_labelled_extent_starts_and_ends():
             TrainConfig(edge_fraction=bad)
 
 
+def test_context_reversal_gives_the_neighbours_in_reverse_stack_order():
+    from dinseg.training.data.sampling import PreparedCase, TrainingSlices
+
+    image = np.repeat(np.arange(6, dtype=np.float32)[:, None, None] / 10, 16, axis=1).repeat(16, axis=2)
+    case = PreparedCase("case", image, np.zeros((6, 16, 16), np.uint8))
+    samples = [(0, 3)] * 200
+
+    def orders(reversal):
+        slices = TrainingSlices([case], samples, None, (16, 16), seed=4, context_slices=1, context_reversal=reversal)
+        return [tuple(np.round(slices[i]["image"][:, 8, 8].numpy() * 10).astype(int)) for i in range(len(samples))]
+
+    assert set(orders(0.0)) == {(2, 3, 4)}
+    assert set(orders(1.0)) == {(4, 3, 2)}
+    half = orders(0.5)
+    assert 0.4 < half.count((4, 3, 2)) / len(half) < 0.6 and set(half) == {(2, 3, 4), (4, 3, 2)}
+    assert half == orders(0.5)                        # seeded by (seed, sample)
+    with pytest.raises(ConfigError, match="context_reversal must be a number within 0..1"):
+        TrainConfig(context_reversal=2)
+
+
 def test_fine_tuning_starts_from_the_given_model(phantom, tmp_path, random_ct_model):
     first = DINTrainingLogic(_config(phantom, tmp_path / "first", epochs=1, val_fraction=0.0, preset="light",
                                      fusion="concat")).run()

@@ -43,6 +43,9 @@ class TrainConfig:
     share_encoders: bool = False
     spacing: Tuple[float, float] = (1.5, 1.5)   # in-plane mm of the network's grid
     context_slices: int = 0                     # 2.5D: neighbouring slices on each side as extra channels
+    # 2.5D: probability of giving the neighbours in reverse order, so that a stack stored apex to
+    # base reads like one stored base to apex (headers that lost or flip the slice direction)
+    context_reversal: float = 0.0
     orientation: str = "LPS"
     orientation_mode: str = "anatomical"
     normalization: str = "window"               # window (CT) or percentile (MR)
@@ -90,7 +93,7 @@ class TrainConfig:
             raise ConfigError(str(error)) from None
         if self.schedule not in ("cosine", "poly"):
             raise ConfigError(f"schedule must be cosine or poly, got {self.schedule!r}")
-        for name in ("foreground_fraction", "edge_fraction"):
+        for name in ("foreground_fraction", "edge_fraction", "context_reversal"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name} must be a number within 0..1, got {value!r}")

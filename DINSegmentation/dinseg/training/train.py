@@ -242,7 +242,8 @@ class DINTrainingLogic:
                                     config.balance_classes, config.edge_fraction)
             slices = TrainingSlices(train_cases, samples[dist.rank::dist.world_size], augmentation,
                                     config.patch_size, seed=config.seed * 7919 + epoch,
-                                    context_slices=config.context_slices)
+                                    context_slices=config.context_slices,
+                                    context_reversal=config.context_reversal)
             loader = torch.utils.data.DataLoader(slices, batch_size=config.batch_size, shuffle=False,
                                                  num_workers=config.workers, drop_last=True,
                                                  persistent_workers=False)

@@ -201,14 +201,15 @@ class TrainingSlices:
 
     item i -> {"image": (C, h, w) float32 in [0, 1], "label": (h, w) int64}, C = 2 *
     context_slices + 1: the slice and its neighbours in stack order, as inference gives them
-    (:func:`dinseg.core.preprocess.neighbour_indices`), one augmentation for all. Sample i's
-    augmentation is seeded by (seed, i), so a run is the same whatever the number of loader
-    workers or processes.
+    (:func:`dinseg.core.preprocess.neighbour_indices`), one augmentation for all; with probability
+    ``context_reversal`` the neighbours come in reverse order, as from a stack stored the other way
+    round (apex to base instead of base to apex). Sample i's augmentation is seeded by (seed, i),
+    so a run is the same whatever the number of loader workers or processes.
     """
 
     def __init__(self, cases: Sequence[PreparedCase], samples: Sequence[Tuple[int, int]],
                  augmentation: Optional[Augmentation], patch_size: Tuple[int, int], seed: int,
-                 context_slices: int = 0):
+                 context_slices: int = 0, context_reversal: float = 0.0):
         from monai.data import set_track_meta
 
         set_track_meta(False)
@@ -218,6 +219,7 @@ class TrainingSlices:
                           ).build(patch_size)
         self.seed = seed
         self.context_slices = context_slices
+        self.context_reversal = context_reversal
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -228,6 +230,8 @@ class TrainingSlices:
         case_index, slice_index = self.samples[index]
         case = self.cases[case_index]
         neighbours = neighbour_indices(slice_index, slice_index + 1, self.context_slices, case.image.shape[0])
+        if self.context_reversal and np.random.default_rng([self.seed, index]).random() < self.context_reversal:
+            neighbours = neighbours[::-1]
         item = {"image": torch.from_numpy(case.image[neighbours]),
                 "label": torch.from_numpy(case.labels[slice_index][None].astype(np.float32))}
         self.transform.set_random_state(seed=(self.seed * 1_000_003 + index) % (2 ** 32))
