@@ -12,7 +12,7 @@ from dinseg.core.io import read_volume
 from dinseg.models import load_card
 from dinseg.training.synth import write_acdc_phantom
 from dinseg.training.train import DINTrainingLogic, TrainConfig
-from dinseg.training.variant_study import acdc_cases, drop_open_cavities, main, study, summary
+from dinseg.training.variant_study import acdc_cases, drop_open_cavities, main, stack_direction, study, summary
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,16 @@ def test_each_variant_is_what_the_engine_gives(trained):
         assert entry["lv_slices"] == [int(x) for x in (labels == 3).sum((1, 2))]
     figures = summary(rows, "r2|none|lc")
     assert 0 <= figures["ED"] <= 1 and len(figures["lv_ef"]) == 3
+    # the same stacks reversed: the expert's labels reversed with them, the network's input too
+    reversed_rows = study(card, acdc_cases(data, split), {"none": [1, 1, 1, 1]}, flips=False, reverse_slices=True)
+    assert reversed_rows[0]["truth_lv_slices"] == rows[0]["truth_lv_slices"][::-1]
+    flipped = read_volume(data / "patient001" / "patient001_frame01.nii.gz")
+    flipped.array = np.ascontiguousarray(flipped.array[::-1])
+    labels = Segmenter(card, device="cpu", rotations=1, class_weights=[1, 1, 1, 1], largest_component=False,
+                       fill_holes=False, precision="float32").segment(flipped).labels
+    assert reversed_rows[0]["variants"]["r1|none|none"]["lv_slices"] == [int(x) for x in (labels == 3).sum((1, 2))]
+    assert {stack_direction(reversed_rows[0]), stack_direction(rows[0])} == {"base first", "base last"} or \
+        rows[0]["truth_lv_slices"] == rows[0]["truth_lv_slices"][::-1]
 
 
 def test_summary_reads_ejection_fraction_errors_from_counts(tmp_path, capsys):
@@ -67,6 +77,13 @@ def test_summary_reads_ejection_fraction_errors_from_counts(tmp_path, capsys):
     path.write_text(json.dumps(rows))
     assert main(["--summary", str(path)]) == 0
     assert "| v | 0.833 | 0.833 | 0.833 |" in capsys.readouterr().out
+    for one in rows:
+        one["truth_lv_slices"] = [0, 30, 20, 10]           # the cavity narrows down the stack: base first
+    path.write_text(json.dumps(rows))
+    assert main(["--summary", str(path), "--by-direction"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{path}, base first: 1 patients" in printed and f"{path}, base last: 0 patients" in printed
+    assert stack_direction({"truth_lv_slices": [5, 10, 40, 0]}) == "base last"
 
 
 def test_a_cavity_without_a_wall_is_dropped_and_one_inside_its_wall_kept():

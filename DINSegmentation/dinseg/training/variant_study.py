@@ -125,9 +125,12 @@ def score(prediction: np.ndarray, truth: np.ndarray) -> Dict[str, Dict[str, floa
 
 
 def study(card, cases, weights: Dict[str, Sequence[float]], flips: bool = True,
-          tta: Optional[Dict[str, List[int]]] = None, clean: Optional[Dict[str, Tuple[bool, bool]]] = None) -> List[dict]:
-    """One row per volume: its expert counts and every variant's Dice and counts."""
-    from ..core.io import read_volume
+          tta: Optional[Dict[str, List[int]]] = None, clean: Optional[Dict[str, Tuple[bool, bool]]] = None,
+          reverse_slices: bool = False) -> List[dict]:
+    """One row per volume: its expert counts and every variant's Dice and counts. ``reverse_slices``
+    gives the network each stack (and scores it against its labels) in reverse slice order, as if
+    stored the other way round."""
+    from ..core.io import ImageVolume, read_volume
     from ..core.postprocess import clean_labels
 
     tta = tta or {k: v for k, v in TTA.items() if flips or "flip" not in k}
@@ -138,6 +141,10 @@ def study(card, cases, weights: Dict[str, Sequence[float]], flips: bool = True,
         started = time.time()
         volume = read_volume(image_path)
         truth = read_volume(label_path).array.astype(np.uint8)
+        if reverse_slices:
+            volume = ImageVolume(array=np.ascontiguousarray(volume.array[::-1]), geometry=volume.geometry,
+                                 modality=volume.modality)
+            truth = np.ascontiguousarray(truth[::-1])
         record: list = []
         segmenter.record, segmenter.passes = record, []
         segmenter.segment(volume)
@@ -203,6 +210,14 @@ def summary(rows: Sequence[dict], variant: str) -> Dict[str, object]:
     return result
 
 
+def stack_direction(row: dict) -> str:
+    """"base first" or "base last": where the expert's LV cavity is larger, at the stack's first or last
+    labelled slice (stored order; the network sees the model grid's order, the same or reversed alike
+    for every volume of one data set's orientation)."""
+    areas = [area for area in row["truth_lv_slices"] if area]
+    return "base first" if areas and areas[0] >= areas[-1] else "base last"
+
+
 def summary_line(rows: Sequence[dict], variant: str) -> str:
     s = summary(rows, variant)
     es = s["ES structures"]
@@ -223,17 +238,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-flips", dest="flips", action="store_false", help="rotations only (half the passes)")
     parser.add_argument("--spacing", type=float, help="run the network at this in-plane spacing (mm) instead of the card's")
     parser.add_argument("-o", "--output", help="JSON of every volume's variants")
+    parser.add_argument("--reverse-slices", action="store_true",
+                        help="give the network each stack in reverse slice order (scored against its labels so)")
     parser.add_argument("--summary", nargs="+", metavar="JSON", help="print the table of finished studies")
+    parser.add_argument("--by-direction", action="store_true",
+                        help="with --summary: a table per stack direction (patients whose ED stack runs base first, base last)")
     args = parser.parse_args(argv)
     if args.summary:
         for path in args.summary:
             rows = json.loads(Path(path).read_text(encoding="utf-8"))
-            print(f"\n{path}: {len({r['patient'] for r in rows})} patients\n")
-            print("| variant | ED Dice | ES Dice | mean Dice | ES RV / myo / LV Dice | LV EF MAE | LV EF bias | LV EF max | "
-                  "LV ESV MAE (bias) mL | LV EDV MAE (bias) mL | RV EF MAE (bias) |")
-            print("|" + "---|" * 11)
-            for variant in rows[0]["variants"]:
-                print(summary_line(rows, variant))
+            groups = {"": rows}
+            if args.by_direction:
+                direction = {r["patient"]: stack_direction(r) for r in rows if r["phase"] == "ED"}
+                groups = {f", {name}": [r for r in rows if direction.get(r["patient"]) == name]
+                          for name in ("base first", "base last")}
+            for name, chosen in groups.items():
+                print(f"\n{path}{name}: {len({r['patient'] for r in chosen})} patients\n")
+                if not chosen:
+                    continue
+                print("| variant | ED Dice | ES Dice | mean Dice | ES RV / myo / LV Dice | LV EF MAE | LV EF bias | "
+                      "LV EF max | LV ESV MAE (bias) mL | LV EDV MAE (bias) mL | RV EF MAE (bias) |")
+                print("|" + "---|" * 11)
+                for variant in chosen[0]["variants"]:
+                    print(summary_line(chosen, variant))
         return 0
     import torch
 
@@ -248,7 +275,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         weights.pop("card", None)
         weights["card"] = card.postprocessing.get("class_weights", [1.0] * card.num_classes)
     cases = acdc_cases(args.acdc, args.split_file, args.split) if args.acdc else mnms_cases(args.mnms)
-    rows = study(card, cases, weights, flips=args.flips)
+    rows = study(card, cases, weights, flips=args.flips, reverse_slices=args.reverse_slices)
     Path(args.output).write_text(json.dumps(rows), encoding="utf-8")
     return 0
 
