@@ -79,6 +79,8 @@ def test_summary_reads_ejection_fraction_errors_from_counts(tmp_path, capsys):
     assert "| v | 0.833 | 0.833 | 0.833 |" in capsys.readouterr().out
     for one in rows:
         one["truth_lv_slices"] = [0, 30, 20, 10]           # the cavity narrows down the stack: base first
+        one["variants"]["v"]["lv_slices"] = [7, 30, 20, 10]  # 7 voxels above the expert's base
+    assert summary(rows, "v")["beyond"] == pytest.approx({"ED": 0.07, "ES": 0.07})
     path.write_text(json.dumps(rows))
     assert main(["--summary", str(path), "--by-direction"]) == 0
     printed = capsys.readouterr().out

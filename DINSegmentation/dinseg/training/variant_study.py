@@ -176,11 +176,13 @@ def ejection_fraction(ed: float, es: float) -> float:
 
 def summary(rows: Sequence[dict], variant: str) -> Dict[str, object]:
     """Mean Dice per phase (mean of structures per volume, then over volumes), ES Dice per structure,
-    and (mean absolute error, bias, largest error) of LV EF, LV ESV, LV EDV and RV EF against the expert."""
+    (mean absolute error, bias, largest error) of LV EF, LV ESV, LV EDV and RV EF against the expert,
+    and per phase the mean LV cavity (mL) drawn on slices where the expert has none ("beyond")."""
     patients: Dict[str, Dict[str, dict]] = {}
     for row in rows:
         patients.setdefault(row["patient"], {})[row["phase"]] = row
     dice = {"ED": [], "ES": []}
+    beyond = {"ED": [], "ES": []}
     es_structures = {str(k): [] for k in (RV, MYO, LV)}
     errors = {"lv_ef": [], "lv_esv": [], "lv_edv": [], "rv_ef": []}
     for phases in patients.values():
@@ -189,6 +191,9 @@ def summary(rows: Sequence[dict], variant: str) -> Dict[str, object]:
         for phase in ("ED", "ES"):
             entry = phases[phase]["variants"][variant]
             dice[phase].append(float(np.nanmean(list(entry["dice"].values()))))
+            if "lv_slices" in entry and "truth_lv_slices" in phases[phase]:
+                outside = np.asarray(phases[phase]["truth_lv_slices"]) == 0
+                beyond[phase].append(float(np.asarray(entry["lv_slices"])[outside].sum()) * phases[phase]["voxel_ml"])
             if phase == "ES":
                 for key in es_structures:
                     es_structures[key].append(entry["dice"][key])
@@ -203,7 +208,8 @@ def summary(rows: Sequence[dict], variant: str) -> Dict[str, object]:
         errors["lv_edv"].append(model["3"][0] - expert["3"][0])
     result: Dict[str, object] = {"ED": float(np.mean(dice["ED"])), "ES": float(np.mean(dice["ES"])),
                                  "mean": float(np.mean(dice["ED"] + dice["ES"])),
-                                 "ES structures": {k: float(np.nanmean(v)) for k, v in es_structures.items()}}
+                                 "ES structures": {k: float(np.nanmean(v)) for k, v in es_structures.items()},
+                                 "beyond": {k: float(np.mean(v)) if v else math.nan for k, v in beyond.items()}}
     for key, values in errors.items():
         values = np.asarray(values)
         result[key] = (float(np.abs(values).mean()), float(values.mean()), float(np.abs(values).max()))
@@ -223,7 +229,8 @@ def summary_line(rows: Sequence[dict], variant: str) -> str:
     es = s["ES structures"]
     return (f"| {variant} | {s['ED']:.3f} | {s['ES']:.3f} | {s['mean']:.3f} | {es['1']:.3f} / {es['2']:.3f} / {es['3']:.3f} | "
             f"{s['lv_ef'][0]:.2f} | {s['lv_ef'][1]:+.2f} | {s['lv_ef'][2]:.1f} | {s['lv_esv'][0]:.1f} ({s['lv_esv'][1]:+.1f}) | "
-            f"{s['lv_edv'][0]:.1f} ({s['lv_edv'][1]:+.1f}) | {s['rv_ef'][0]:.1f} ({s['rv_ef'][1]:+.1f}) |")
+            f"{s['lv_edv'][0]:.1f} ({s['lv_edv'][1]:+.1f}) | {s['rv_ef'][0]:.1f} ({s['rv_ef'][1]:+.1f}) | "
+            f"{s['beyond']['ED']:.1f} / {s['beyond']['ES']:.1f} |")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -257,8 +264,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if not chosen:
                     continue
                 print("| variant | ED Dice | ES Dice | mean Dice | ES RV / myo / LV Dice | LV EF MAE | LV EF bias | "
-                      "LV EF max | LV ESV MAE (bias) mL | LV EDV MAE (bias) mL | RV EF MAE (bias) |")
-                print("|" + "---|" * 11)
+                      "LV EF max | LV ESV MAE (bias) mL | LV EDV MAE (bias) mL | RV EF MAE (bias) | "
+                      "LV beyond the expert's slices ED / ES mL |")
+                print("|" + "---|" * 12)
                 for variant in chosen[0]["variants"]:
                     print(summary_line(chosen, variant))
         return 0
