@@ -73,12 +73,14 @@ def test_a_cohort_segments_the_good_cases_as_segment_does_and_fails_the_bad_one(
     assert sorted(rows) == ["case_00000", "case_00001", "case_00002", "case_00003", "imaging"]  # each once
     assert [rows[name]["status"] for name in ("case_00000", "case_00001", "case_00003")] == ["ok"] * 3
     bad = rows["case_00002"]
-    assert bad["status"] == "failed" and "cannot read this image" in bad["error"] and "\n" not in bad["error"]
+    assert bad["status"] == "failed" and "cannot read this image: the file is cut short or damaged" in bad["error"]
+    assert "\n" not in bad["error"]
     assert not (kits / "out" / "case_00002.seg.nrrd").exists()
     assert rows["imaging"]["status"] == "failed" and "no such file" in rows["imaging"]["error"]
     ok = rows["case_00000"]
     assert ok["model"] == "acdc-light" and ok["model_version"] and ok["worker"] and float(ok["seconds"]) > 0
     assert ok["quality"] in ("ok", "review") and float(ok["left_ventricle_ml"]) > 10
+    assert ok["quality_reasons"].endswith("no test-time variants were computed: no predicted Dice")  # a note, last
     import pyarrow.parquet as pq
 
     parquet = pq.read_table(kits / "out" / "cohort.parquet").to_pydict()

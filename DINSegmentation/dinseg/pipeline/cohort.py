@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..core.errors import DinsegError, InputError
+from ..core.errors import DinsegError, InputError, in_plain_words
 from ..core.samples import resolve_input
 from ..models.card import sha256_of
 from .files import FORMAT_EXTENSIONS, case_name, case_names, folder_cases, refuse_overwriting_inputs
@@ -202,11 +202,13 @@ def segment_case(task: CaseTask) -> Dict[str, object]:
         result = segment_file(task.source, task.output, task.options, segmenters=_worker_models(task.options),
                               quality_variants=task.quality_variants)
     except DinsegError as error:
-        return {**row, "status": FAILED, "error": one_line(error), "seconds": time.perf_counter() - started}
+        return {**row, "status": FAILED, "error": one_line(in_plain_words(str(error))),
+                "seconds": time.perf_counter() - started}
     card = result.card
     row.update(status=OK, model=card.name, model_version=card.version, output_sha256=sha256_of(result.output))
     if result.quality is not None:
-        row.update(quality=result.quality.status, quality_reasons=" | ".join(result.quality.to_dict()["reasons"]))
+        verdict = result.quality.to_dict()  # the case's and each structure's problems, then the checks not run
+        row.update(quality=result.quality.status, quality_reasons=" | ".join(verdict["problems"] + verdict["notes"]))
     if result.labels.ndim == 3:
         volumes = frame_volumes([result.labels], {info.name: info.value for info in card.labels},
                                 result.geometry.voxel_ml)
