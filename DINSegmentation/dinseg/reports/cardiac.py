@@ -175,7 +175,8 @@ def cardiac_function(label_frames: Sequence[np.ndarray], spacing_mm: Sequence[fl
     if len(shapes) != 1 or len(next(iter(shapes))) != 3:
         raise InputError(f"all frames must be 3D volumes on one grid, got shapes {sorted(shapes)}")
     values = structure_values(labels)
-    volumes = frame_volumes(frames, values, voxel_ml(spacing_mm))
+    voxel_volume_ml = voxel_ml(spacing_mm)
+    volumes = frame_volumes(frames, values, voxel_volume_ml)
     lv = volumes["lv"]
     for name, frame in (("ED", ed_frame), ("ES", es_frame)):
         if frame is not None and not 0 <= frame < len(frames):
@@ -196,7 +197,7 @@ def cardiac_function(label_frames: Sequence[np.ndarray], spacing_mm: Sequence[fl
     myocardium = volumes.get("myocardium")
     figures["lv_mass_g"] = myocardium[ed] * MYOCARDIAL_DENSITY_G_PER_ML if myocardium else None
     bsa = body_surface_area(height_cm, weight_kg) if height_cm is not None and weight_kg is not None else None
-    return CardiacFunction(volumes_ml=volumes, ed_frame=ed, es_frame=es, voxel_volume_ml=voxel_ml(spacing_mm),
+    return CardiacFunction(volumes_ml=volumes, ed_frame=ed, es_frame=es, voxel_volume_ml=voxel_volume_ml,
                            bsa_m2=bsa, figures=figures)
 
 

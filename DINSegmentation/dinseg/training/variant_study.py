@@ -16,6 +16,7 @@ computes them). Nothing is fitted: the class weights compared are given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -130,7 +131,7 @@ def study(card, cases, weights: Dict[str, Sequence[float]], flips: bool = True,
     """One row per volume: its expert counts and every variant's Dice and counts. ``reverse_slices``
     gives the network each stack (and scores it against its labels) in reverse slice order, as if
     stored the other way round."""
-    from ..core.io import ImageVolume, read_volume
+    from ..core.io import read_volume
     from ..core.postprocess import clean_labels
 
     tta = tta or {k: v for k, v in TTA.items() if flips or "flip" not in k}
@@ -142,8 +143,7 @@ def study(card, cases, weights: Dict[str, Sequence[float]], flips: bool = True,
         volume = read_volume(image_path)
         truth = read_volume(label_path).array.astype(np.uint8)
         if reverse_slices:
-            volume = ImageVolume(array=np.ascontiguousarray(volume.array[::-1]), geometry=volume.geometry,
-                                 modality=volume.modality)
+            volume = dataclasses.replace(volume, array=np.ascontiguousarray(volume.array[::-1]))
             truth = np.ascontiguousarray(truth[::-1])
         record: list = []
         segmenter.record, segmenter.passes = record, []
